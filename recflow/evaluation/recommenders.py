@@ -145,3 +145,31 @@ class OracleRecommender:
             top = top_k_from_scores(scores, k, exclusion_mask(chunk, exclude, self.item_index))
             result.extend([self.catalog[i] for i in row if i >= 0] for row in top)
         return result
+
+
+class ModelRecommender:
+    """A trained two-tower model scoring every catalogue item for each user.
+
+    ``users`` and ``items`` hold the feature values the model sees (indexed by
+    id), read from the same feature service training used, as of the instant
+    the recommendations are for. Users are scored in chunks to bound memory.
+    """
+
+    def __init__(self, model, users: pd.DataFrame, items: pd.DataFrame, name: str = "model", chunk_size: int = 2048):
+        self.name = name
+        self.model = model
+        self.users = users.set_index("user_id", drop=False)
+        self.item_ids = items["item_id"].astype(str).tolist()
+        self.item_index = {item: position for position, item in enumerate(self.item_ids)}
+        self.item_vectors, self.item_bias = model.item_vectors(items)
+        self.chunk_size = chunk_size
+
+    def recommend(self, user_ids: Sequence[str], k: int, exclude: Mapping[str, Collection[str]]) -> list[list[str]]:
+        result: list[list[str]] = []
+        for start in range(0, len(user_ids), self.chunk_size):
+            chunk = list(user_ids[start : start + self.chunk_size])
+            vectors = self.model.user_vectors(self.users.loc[chunk].reset_index(drop=True))
+            scores = vectors @ self.item_vectors.T + self.item_bias
+            top = top_k_from_scores(scores, k, exclusion_mask(chunk, exclude, self.item_index))
+            result.extend([self.item_ids[j] for j in row if j >= 0] for row in top)
+        return result

@@ -1,0 +1,38 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components import PIPELINE_IMAGE
+
+
+@dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
+def evaluate_model(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    split: Input[Dataset],
+    workspace: str,
+    k: int,
+    gate: str,
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    evaluation: Output[Artifact],
+) -> NamedTuple("Outputs", [("blessed", bool)]):
+    """Score model, popularity baseline, last blessed model and (synthetic world) oracle; decide the blessing."""
+    import os
+    import shutil
+    from collections import namedtuple
+
+    from recflow.evaluation.gate import GateConfig
+    from recflow.pipeline import steps
+
+    result = steps.evaluate(model.path, dataset.path, split.path, workspace, evaluation.path, GateConfig.model_validate_json(gate), k=k)
+    for recommender, outcome in result["results"].items():
+        for name, value in outcome["metrics"].items():
+            metrics.log_metric(f"{recommender}/{name}", value)
+    shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
+    shutil.copyfile(os.path.join(evaluation.path, "report.md"), summary.path)
+    blessed = bool(result["decision"]["blessed"])
+    evaluation.metadata.update({"blessed": blessed})
+    return namedtuple("Outputs", ["blessed"])(blessed)

@@ -1,0 +1,89 @@
+"""The recflow training pipeline (KFP v2).
+
+validate data -> compute features -> feast apply + materialize -> training set
+-> train (torchrun) -> evaluate + gate -> if blessed, export the bundle.
+
+Run locally with ``recflow pipeline run`` (``kfp.local``); ``recflow pipeline
+compile`` writes ``pipelines/training_pipeline.yaml``, the file to upload in
+the Kubeflow UI. Every parameter below is a field in the UI's run form.
+"""
+
+from kfp import dsl
+
+from components.build_training_set.component import build_training_set
+from components.compute_features.component import compute_features
+from components.evaluate_model.component import evaluate_model
+from components.export_bundle.component import export_bundle
+from components.ingest_data.component import ingest_data
+from components.materialize_features.component import materialize_features
+from components.split_events.component import split_events
+from components.train_model.component import train_model
+from components.validate_data.component import validate_data
+
+# The blessing gate: not worse than popularity on NDCG@10 (the first model) and
+# at most 2% below the last blessed model on NDCG@10 and recall@10.
+DEFAULT_GATE = (
+    '{"value_thresholds": {}, "min_lift_over_baseline": {"ndcg@10": 0.0}, '
+    '"max_regression_vs_blessed": {"ndcg@10": 0.02, "recall@10": 0.02}}'
+)
+
+
+@dsl.pipeline(name="recflow-training", description="Events to a blessed two-tower recommender bundle")
+def training_pipeline(
+    workspace: str,
+    data_source: str = "world:demo",
+    seed: int = 0,
+    protocol: str = "time",
+    test_days: int = 3,
+    feature_service: str = "retrieval_v1",
+    negatives: str = "random",
+    negatives_per_positive: float = 4.0,
+    epochs: int = 2,
+    batch_size: int = 2048,
+    learning_rate: float = 0.003,
+    embedding_dim: int = 32,
+    nproc_per_node: int = 2,
+    k: int = 10,
+    gate: str = DEFAULT_GATE,
+):
+    ingest = ingest_data(data_source=data_source, seed=seed)
+    validate = validate_data(raw=ingest.outputs["raw"])
+    split = split_events(dataset=validate.outputs["dataset"], protocol=protocol, test_days=test_days)
+    features = compute_features(dataset=validate.outputs["dataset"], split=split.outputs["split"], workspace=workspace)
+    online = materialize_features(
+        dataset=validate.outputs["dataset"], features=features.outputs["features"], workspace=workspace
+    )
+    training_set = build_training_set(
+        dataset=validate.outputs["dataset"],
+        split=split.outputs["split"],
+        online=online.outputs["online"],
+        workspace=workspace,
+        feature_service=feature_service,
+        negatives=negatives,
+        negatives_per_positive=negatives_per_positive,
+        seed=seed,
+    )
+    train = train_model(
+        training_set=training_set.outputs["training_set"],
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        embedding_dim=embedding_dim,
+        nproc_per_node=nproc_per_node,
+        seed=seed,
+    )
+    evaluate = evaluate_model(
+        model=train.outputs["model"],
+        dataset=validate.outputs["dataset"],
+        split=split.outputs["split"],
+        workspace=workspace,
+        k=k,
+        gate=gate,
+    )
+    with dsl.If(evaluate.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition, not a Python bool)
+        export_bundle(
+            model=train.outputs["model"],
+            evaluation=evaluate.outputs["evaluation"],
+            dataset=validate.outputs["dataset"],
+            workspace=workspace,
+        )

@@ -1,0 +1,298 @@
+"""The ``recflow`` command line: one entry point, ``--help`` on every command.
+
+    recflow world generate --scale demo --out data/demo
+    recflow data import-movielens ../shared/data/movielens-latest-small --out data/ml-small
+    recflow data validate data/demo
+    recflow pipeline run                 # the whole training pipeline, kfp.local
+    recflow pipeline compile [--check]   # pipelines/training_pipeline.yaml
+    recflow step <name> ...              # one pipeline step by hand (what each component runs)
+    recflow train TRAINING_SET OUT       # the training entrypoint, through torchrun
+    recflow bench materialize            # benchmarks that print figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_WORKSPACE = ".recflow"
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Feast and ibis log every registry refresh at INFO.
+    for noisy in ("feast", "ibis", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _print_json(payload) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+# --- world and data --------------------------------------------------------------------------
+
+
+def cmd_world_generate(args: argparse.Namespace) -> int:
+    from recflow.data.world import world_config, write_world
+
+    overrides = {"seed": args.seed}
+    if args.days is not None:
+        overrides["days"] = args.days
+    if args.drift_start_day is not None:
+        overrides["drift_start_day"] = args.drift_start_day
+    if args.drift_strength is not None:
+        overrides["drift_strength"] = args.drift_strength
+    dataset = write_world(world_config(args.scale, **overrides), args.out, overwrite=args.overwrite)
+    manifest = dataset.manifest
+    print(f"wrote {manifest['num_events']} events, {manifest['num_users']} users, {manifest['num_items']} items to {dataset.path}")
+    return 0
+
+
+def cmd_import_movielens(args: argparse.Namespace) -> int:
+    from recflow.data.movielens import import_movielens
+
+    dataset = import_movielens(args.path, args.out, overwrite=args.overwrite)
+    manifest = dataset.manifest
+    print(f"imported {manifest['format']}: {manifest['num_events']} events, {manifest['num_users']} users, "
+          f"{manifest['num_items']} items to {dataset.path}")  # fmt: skip
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from recflow.data.validation import DataValidationError
+    from recflow.pipeline import steps
+
+    with tempfile.TemporaryDirectory(prefix="recflow-validate-") as scratch:
+        steps.ingest(args.source, Path(scratch) / "raw", seed=args.seed)
+        report = Path(scratch) / "report.md"
+        try:
+            steps.validate(Path(scratch) / "raw", Path(scratch) / "dataset", report)
+        finally:
+            print(report.read_text())
+    return 0
+
+
+# --- pipeline --------------------------------------------------------------------------------
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    from recflow.pipeline.local import run_pipeline
+
+    parameters = {"data_source": args.data_source, "seed": args.seed, "protocol": args.protocol}
+    for assignment in args.param:
+        name, _, value = assignment.partition("=")
+        parameters[name] = _parse_value(value)
+    outputs = run_pipeline(args.workspace, **parameters)
+    print(outputs.summary())
+    return 0
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cmd_pipeline_compile(args: argparse.Namespace) -> int:
+    import filecmp
+    import tempfile
+
+    from recflow.pipeline.local import COMPILED_PIPELINE, compile_pipeline
+
+    if not args.check:
+        print(f"wrote {compile_pipeline(args.output or COMPILED_PIPELINE)}")
+        return 0
+    target = Path(args.output or COMPILED_PIPELINE)
+    with tempfile.TemporaryDirectory() as scratch:
+        fresh = compile_pipeline(Path(scratch) / target.name)
+        if not target.exists() or not filecmp.cmp(fresh, target, shallow=False):
+            print(f"{target} is stale: run `recflow pipeline compile` and commit the result", file=sys.stderr)
+            return 1
+    print(f"{target} is up to date")
+    return 0
+
+
+# --- single steps ----------------------------------------------------------------------------
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    from recflow.pipeline import steps
+
+    name = args.step
+    if name == "ingest":
+        result = steps.ingest(args.source, args.out, seed=args.seed)
+    elif name == "validate":
+        result = steps.validate(args.raw, args.out, args.report)
+    elif name == "split":
+        result = steps.split(args.dataset, args.out, args.protocol, args.test_days)
+    elif name == "features":
+        result = steps.compute_feature_tables(args.dataset, args.split, args.workspace)
+    elif name == "materialize":
+        result = steps.apply_and_materialize(args.dataset, args.workspace)
+    elif name == "training-set":
+        from recflow.features.training_set import TrainingSetConfig
+
+        config = TrainingSetConfig.model_validate_json(args.config) if args.config else TrainingSetConfig()
+        result = steps.training_set(args.dataset, args.split, args.workspace, args.out, config)
+    elif name == "evaluate":
+        from recflow.evaluation.gate import GateConfig
+        from pipelines.training_pipeline import DEFAULT_GATE
+
+        gate = GateConfig.model_validate_json(args.gate or DEFAULT_GATE)
+        result = steps.evaluate(args.model, args.dataset, args.split, args.workspace, args.out, gate, k=args.k)
+        result = {"decision": result["decision"], "metrics": {n: r["metrics"] for n, r in result["results"].items()}}
+    elif name == "export":
+        result = steps.export_bundle(args.model, args.evaluation, args.dataset, args.workspace, args.out)
+    else:  # argparse restricts the choices
+        raise AssertionError(name)
+    _print_json(result)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from recflow.pipeline import steps
+    from recflow.training.config import TrainConfig
+
+    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    _print_json(steps.train(args.training_set, args.out, config, args.nproc_per_node))
+    return 0
+
+
+def cmd_bench_materialize(args: argparse.Namespace) -> int:
+    from benchmarks.materialize import run
+
+    _print_json(run(args.scale, Path(args.workspace)))
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    world = commands.add_parser("world", help="the synthetic world").add_subparsers(dest="world_command", required=True)
+    generate = world.add_parser("generate", help="generate a seeded synthetic world (events, items, users, ground truth)")
+    generate.add_argument("--scale", default="demo", help="tiny | demo | bench (default: demo)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--days", type=int, help="override the scale's number of days")
+    generate.add_argument("--drift-start-day", type=int, help="day from which tastes drift")
+    generate.add_argument("--drift-strength", type=float, help="0..1: how far tastes move")
+    generate.add_argument("--out", required=True, help="dataset directory to write")
+    generate.add_argument("--overwrite", action="store_true")
+    generate.set_defaults(handler=cmd_world_generate)
+
+    data = commands.add_parser("data", help="import and validate data").add_subparsers(dest="data_command", required=True)
+    movielens = data.add_parser("import-movielens", help="ml-100k u.data, ml-1m ratings.dat or ml-latest(-small) ratings.csv")
+    movielens.add_argument("path", help="the ratings file or the directory holding it")
+    movielens.add_argument("--out", required=True, help="dataset directory to write")
+    movielens.add_argument("--overwrite", action="store_true")
+    movielens.set_defaults(handler=cmd_import_movielens)
+    validate = data.add_parser("validate", help="validate a source and print the report (exit 1 on problems)")
+    validate.add_argument("source", help="world:<scale>, a MovieLens path or a dataset directory")
+    validate.add_argument("--seed", type=int, default=0)
+    validate.set_defaults(handler=cmd_validate)
+
+    pipeline = commands.add_parser("pipeline", help="the KFP training pipeline").add_subparsers(dest="pipeline_command", required=True)
+    run = pipeline.add_parser("run", help="run the whole pipeline locally with kfp.local")
+    run.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"feature store, models and runs (default: {DEFAULT_WORKSPACE})")
+    run.add_argument("--data-source", default="world:demo", help="world:<scale>, a MovieLens path or a dataset directory")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--protocol", default="time", choices=["time", "stratified"])
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="any other pipeline parameter, e.g. --param epochs=3 (see pipelines/training_pipeline.py)")  # fmt: skip
+    run.set_defaults(handler=cmd_pipeline_run)
+    compile_ = pipeline.add_parser("compile", help="write the compiled pipeline YAML (checked into pipelines/)")
+    compile_.add_argument("--output", help="default: pipelines/training_pipeline.yaml")
+    compile_.add_argument("--check", action="store_true", help="fail if the checked-in YAML is stale")
+    compile_.set_defaults(handler=cmd_pipeline_compile)
+
+    step_parser = commands.add_parser("step", help="run one pipeline step by hand (what each component runs)")
+    step_parser.set_defaults(handler=cmd_step)
+    step = step_parser.add_subparsers(dest="step", required=True)
+    ingest = step.add_parser("ingest", help="bring a source in as raw tables")
+    ingest.add_argument("source")
+    ingest.add_argument("out")
+    ingest.add_argument("--seed", type=int, default=0)
+    validate_step = step.add_parser("validate", help="validate raw tables; write the typed dataset")
+    validate_step.add_argument("raw")
+    validate_step.add_argument("out")
+    validate_step.add_argument("--report", help="write the Markdown report here")
+    split = step.add_parser("split", help="hold out test interactions")
+    split.add_argument("dataset")
+    split.add_argument("out")
+    split.add_argument("--protocol", default="time", choices=["time", "stratified"])
+    split.add_argument("--test-days", type=int, default=3)
+    for name, helptext in (("features", "compute the offline feature tables"), ("materialize", "feast apply + materialize")):
+        sub = step.add_parser(name, help=helptext)
+        sub.add_argument("dataset")
+        if name == "features":
+            sub.add_argument("split")
+        sub.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    training_set = step.add_parser("training-set", help="labels joined point-in-time with the feature service")
+    training_set.add_argument("dataset")
+    training_set.add_argument("split")
+    training_set.add_argument("out")
+    training_set.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    training_set.add_argument("--config", help="TrainingSetConfig as JSON")
+    evaluate = step.add_parser("evaluate", help="score model, baseline, blessed model, oracle; decide the blessing")
+    evaluate.add_argument("model")
+    evaluate.add_argument("dataset")
+    evaluate.add_argument("split")
+    evaluate.add_argument("out")
+    evaluate.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    evaluate.add_argument("--k", type=int, default=10)
+    evaluate.add_argument("--gate", help="GateConfig as JSON (default: the pipeline's)")
+    export = step.add_parser("export", help="write and register the bundle of a blessed model")
+    export.add_argument("model")
+    export.add_argument("evaluation")
+    export.add_argument("dataset")
+    export.add_argument("out")
+    export.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+
+    train = commands.add_parser("train", help="train the model with torchrun (the pipeline's train step)")
+    train.add_argument("training_set", help="a training-set directory (recflow step training-set)")
+    train.add_argument("out", help="model directory to write")
+    train.add_argument("--config", help="TrainConfig JSON file (unknown keys are an error)")
+    train.add_argument("--nproc-per-node", type=int, default=2)
+    train.set_defaults(handler=cmd_train)
+
+    bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="bench_command", required=True)
+    materialize = bench.add_parser("materialize", help="time materializing a world into the online store")
+    materialize.add_argument("--scale", default="demo")
+    materialize.add_argument("--workspace", default=".recflow/bench")
+    materialize.set_defaults(handler=cmd_bench_materialize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from recflow.data.validation import DataValidationError
+
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except DataValidationError as error:
+        print(f"recflow: data validation failed:\n{error}", file=sys.stderr)
+        return 1
+    except (ValidationError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        print(f"recflow: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Which columns feed which tower, and how raw values become model inputs.
+
+Naming contract of the training set (built from Feast): besides `user_id`,
+`item_id`, `event_timestamp` and `label`, a column named `user_*` is a user
+feature and `item_*` an item feature. Numeric columns are counts, CTRs, dwell
+times, ages; string columns are categories; the one list column is the user's
+recent clicked item ids, newest last.
+
+The :class:`Preprocessor` is fitted once on the training frame and saved as
+JSON beside the model, so training, offline evaluation and serving encode
+features identically. Encoding goes through Arrow compute kernels and numpy
+(no per-row Python), which keeps a million rows at a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from pydantic import BaseModel, ConfigDict
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+LABEL = "label"
+TIMESTAMP = "event_timestamp"
+RESERVED_COLUMNS = (USER_ID, ITEM_ID, LABEL, TIMESTAMP)
+
+# Index 0 of every vocabulary is "unknown": unseen ids, unseen categories, nulls.
+UNKNOWN_INDEX = 0
+
+
+class FeatureSpec(BaseModel):
+    """The feature columns of each tower, by kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_numeric: list[str] = []
+    user_categorical: list[str] = []
+    item_numeric: list[str] = []
+    item_categorical: list[str] = []
+    # The list-of-item-ids column of the user tower (recent clicks, newest last).
+    history: str | None = None
+
+    @classmethod
+    def infer(cls, frame: pd.DataFrame) -> FeatureSpec:
+        """Derive the spec from column names (`user_*`/`item_*`) and dtypes.
+
+        Columns outside the naming contract are ignored; a `user_*`/`item_*`
+        column of another dtype (e.g. a timestamp) is an error rather than a
+        silent drop, so a new Feast feature is never lost unnoticed.
+        """
+        spec = cls()
+        for name in frame.columns:
+            if name in RESERVED_COLUMNS:
+                continue
+            if name.startswith("user_"):
+                tower = "user"
+            elif name.startswith("item_"):
+                tower = "item"
+            else:
+                continue
+            kind = _column_kind(frame[name])
+            if kind == "history":
+                if tower != "user" or spec.history is not None:
+                    raise ValueError(
+                        f"list column {name!r}: only one list column is supported, and it must be "
+                        f"a user_* column (found history={spec.history!r})"
+                    )
+                spec.history = name
+            elif kind is None:
+                raise ValueError(f"feature column {name!r} has unsupported dtype {frame[name].dtype}")
+            else:
+                getattr(spec, f"{tower}_{kind}").append(name)
+        return spec
+
+    def user_columns(self) -> list[str]:
+        """Columns the user tower reads, `user_id` first."""
+        history = [self.history] if self.history else []
+        return [USER_ID, *self.user_numeric, *self.user_categorical, *history]
+
+    def item_columns(self) -> list[str]:
+        """Columns the item tower reads, `item_id` first."""
+        return [ITEM_ID, *self.item_numeric, *self.item_categorical]
+
+
+def _column_kind(column: pd.Series) -> str | None:
+    """'numeric', 'categorical', 'history' or None (unsupported)."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.ArrowDtype):
+        arrow_type = dtype.pyarrow_dtype
+        if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+            return "history"
+        if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+            return "categorical"
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
+        return "numeric"
+    if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
+        sample = column.dropna()
+        if len(sample) and isinstance(sample.iloc[0], (list, tuple, np.ndarray)):
+            return "history"
+        return "categorical"
+    return None
+
+
+def _to_arrow(column: pd.Series) -> pa.Array:
+    """One contiguous Arrow array for a pandas column of any backend (NaN -> null)."""
+    array = pa.array(column, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array
+
+
+def _strings(column: pd.Series) -> pa.Array:
+    return _to_arrow(column).cast(pa.large_string())
+
+
+def _lookup(values: pa.Array, vocabulary: pa.Array) -> np.ndarray:
+    """Vocabulary index + 1 for each value; 0 for nulls and values not in it."""
+    positions = pc.index_in(values, value_set=vocabulary)
+    return pc.fill_null(positions, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+
+
+def _vocabulary(values: pa.Array) -> list[str]:
+    """Sorted distinct non-null values: deterministic, whatever the row order."""
+    distinct = pc.unique(values).drop_null()
+    return distinct.take(pc.sort_indices(distinct)).to_pylist()
+
+
+def _signed_log1p(column: pd.Series) -> np.ndarray:
+    """sign(x)·log1p(|x|): tames heavy-tailed counts and epoch seconds, keeps NaN."""
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+class Preprocessor:
+    """Fitted vocabularies and numeric statistics; turns frames into tensors.
+
+    Encoded tower inputs are dicts of tensors:
+
+    - ``ids`` int64 [n]: user or item id index (0 = unknown).
+    - ``categorical`` int64 [n, C]: per-column category index (0 = unknown).
+    - ``numeric`` float32 [n, F]: standardised sign·log1p values, NaN -> 0.
+    - users only, when the spec has a history column: ``history`` int64
+      [n, max_history] item indices of the most recent items and
+      ``history_mask`` bool [n, max_history], true where a known item is.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        max_history: int,
+        user_ids: list[str],
+        item_ids: list[str],
+        categories: dict[str, list[str]],
+        numeric_stats: dict[str, tuple[float, float]],
+    ) -> None:
+        self.spec = spec
+        self.max_history = max_history
+        self.user_ids = user_ids
+        self.item_ids = item_ids
+        self.categories = categories
+        self.numeric_stats = numeric_stats
+        self._user_vocab = pa.array(user_ids, pa.large_string())
+        self._item_vocab = pa.array(item_ids, pa.large_string())
+        self._category_vocabs = {name: pa.array(v, pa.large_string()) for name, v in categories.items()}
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, spec: FeatureSpec, max_history: int) -> Preprocessor:
+        """Fit on the training frame; deterministic (sorted vocabularies, float64 stats).
+
+        The item vocabulary holds the ids of the `item_id` column: those are the
+        items the model scores. A history item never seen as a candidate maps
+        to unknown and is left out of the history mean.
+        """
+        categories = {
+            name: _vocabulary(_strings(frame[name])) for name in spec.user_categorical + spec.item_categorical
+        }
+        numeric_stats = {}
+        for name in spec.user_numeric + spec.item_numeric:
+            transformed = _signed_log1p(frame[name])
+            known = transformed[~np.isnan(transformed)]
+            mean = float(known.mean()) if len(known) else 0.0
+            std = float(known.std()) if len(known) else 0.0
+            numeric_stats[name] = (mean, std if std > 1e-12 else 1.0)
+        return cls(
+            spec=spec,
+            max_history=max_history,
+            user_ids=_vocabulary(_strings(frame[USER_ID])),
+            item_ids=_vocabulary(_strings(frame[ITEM_ID])),
+            categories=categories,
+            numeric_stats=numeric_stats,
+        )
+
+    @property
+    def num_users(self) -> int:
+        """Rows of the user-id embedding table (vocabulary + unknown)."""
+        return len(self.user_ids) + 1
+
+    @property
+    def num_items(self) -> int:
+        """Rows of the item-id embedding table (vocabulary + unknown)."""
+        return len(self.item_ids) + 1
+
+    def category_sizes(self, names: list[str]) -> list[int]:
+        """Embedding rows per categorical column (vocabulary + unknown)."""
+        return [len(self.categories[name]) + 1 for name in names]
+
+    def to_dict(self) -> dict:
+        return {
+            "spec": self.spec.model_dump(),
+            "max_history": self.max_history,
+            "user_ids": self.user_ids,
+            "item_ids": self.item_ids,
+            "categories": self.categories,
+            "numeric_stats": {name: list(stats) for name, stats in self.numeric_stats.items()},
+        }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the fitted state: equal fingerprints mean identical encodings."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Preprocessor:
+        state = json.loads(Path(path).read_text())
+        return cls(
+            spec=FeatureSpec.model_validate(state["spec"]),
+            max_history=state["max_history"],
+            user_ids=state["user_ids"],
+            item_ids=state["item_ids"],
+            categories=state["categories"],
+            numeric_stats={name: (mean, std) for name, (mean, std) in state["numeric_stats"].items()},
+        )
+
+    def encode_users(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
+        """User-tower tensors for every row of `frame` (see the class docstring)."""
+        _require_columns(frame, self.spec.user_columns(), "user")
+        encoded = self._encode_tower(
+            frame, self._user_vocab, USER_ID, self.spec.user_categorical, self.spec.user_numeric
+        )
+        if self.spec.history:
+            encoded["history"], encoded["history_mask"] = self._encode_history(frame[self.spec.history])
+        return encoded
+
+    def encode_items(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
+        """Item-tower tensors for every row of `frame` (see the class docstring)."""
+        _require_columns(frame, self.spec.item_columns(), "item")
+        return self._encode_tower(
+            frame, self._item_vocab, ITEM_ID, self.spec.item_categorical, self.spec.item_numeric
+        )
+
+    def _encode_tower(
+        self,
+        frame: pd.DataFrame,
+        id_vocab: pa.Array,
+        id_column: str,
+        categorical: list[str],
+        numeric: list[str],
+    ) -> dict[str, torch.Tensor]:
+        n = len(frame)
+        categories = np.zeros((n, len(categorical)), dtype=np.int64)
+        for j, name in enumerate(categorical):
+            categories[:, j] = _lookup(_strings(frame[name]), self._category_vocabs[name])
+        numbers = np.zeros((n, len(numeric)), dtype=np.float32)
+        for j, name in enumerate(numeric):
+            mean, std = self.numeric_stats[name]
+            numbers[:, j] = np.nan_to_num((_signed_log1p(frame[name]) - mean) / std, nan=0.0)
+        return {
+            "ids": torch.from_numpy(_lookup(_strings(frame[id_column]), id_vocab)),
+            "categorical": torch.from_numpy(categories),
+            "numeric": torch.from_numpy(numbers),
+        }
+
+    def _encode_history(self, column: pd.Series) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last `max_history` items of each list as a padded index matrix + mask.
+
+        Works on the flattened Arrow list: one vocabulary lookup for all items
+        of all rows, then a numpy gather of each row's tail.
+        """
+        lists = _to_arrow(column)
+        if pa.types.is_null(lists.type):  # every row null/empty in an object column
+            lists = pa.nulls(len(column), pa.list_(pa.large_string()))
+        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat_items = _lookup(lists.flatten().cast(pa.large_string()), self._item_vocab)
+        ends = np.cumsum(lengths)
+        kept = np.minimum(lengths, self.max_history)
+        positions = (ends - kept)[:, None] + np.arange(self.max_history)[None, :]
+        valid = np.arange(self.max_history)[None, :] < kept[:, None]
+        if len(flat_items):
+            history = np.where(valid, flat_items[np.minimum(positions, len(flat_items) - 1)], UNKNOWN_INDEX)
+        else:
+            history = np.zeros(positions.shape, dtype=np.int64)
+        return torch.from_numpy(history), torch.from_numpy(history != UNKNOWN_INDEX)
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], tower: str) -> None:
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{tower} frame is missing feature columns {missing}")

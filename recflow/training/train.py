@@ -1,0 +1,441 @@
+"""The training entrypoint: one process, or N processes under torchrun.
+
+    python -m recflow.training.train --training-set PATH --feature-spec SPEC.json \\
+        --output DIR [--config CONFIG.json] [--checkpoint-dir DIR]
+
+or `torchrun --nproc-per-node N -m recflow.training.train ...` (see
+:mod:`recflow.training.launch`). The same code runs in both cases: RANK,
+WORLD_SIZE and LOCAL_RANK come from the environment torchrun sets and default
+to a single process.
+
+Data parallelism is exact: every step consumes the next `batch_size` rows of a
+seeded per-epoch permutation (the *global* batch) and rank r trains on the r-th
+contiguous slice of it. Each rank's loss is the mean over its slice and DDP
+averages the gradients, so the update equals that of one process on the whole
+global batch; N processes reproduce a 1-process run up to float rounding.
+
+Checkpoints (rank 0, atomic) are written at the end of every epoch and every
+`checkpoint_every_steps` steps. A start that finds one in `--checkpoint-dir`
+resumes from it on every rank, which is what lets torchrun's elastic restart
+(`--max-restarts`) finish a run after a worker was killed.
+
+Test-only fault injection: with RECFLOW_TEST_FAIL_AT_STEP=N in the environment,
+the last rank exits hard (``os._exit(1)``) just before global step N. It does so
+once: a marker file in the checkpoint directory (or the output directory
+without one) records it, so the restarted run goes through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from recflow.training.config import TrainConfig
+from recflow.training.features import ITEM_ID, LABEL, USER_ID, FeatureSpec, Preprocessor
+from recflow.training.model import TwoTowerModel
+
+logger = logging.getLogger("recflow.training")
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+PREPROCESSOR_FILE = "preprocessor.json"
+FEATURE_SPEC_FILE = "feature_spec.json"
+CONFIG_FILE = "train_config.json"
+# Written last: its presence marks a complete export.
+METRICS_FILE = "train_metrics.json"
+
+FAIL_AT_STEP_ENV = "RECFLOW_TEST_FAIL_AT_STEP"
+FAILURE_MARKER = ".recflow_test_failure_injected"
+
+# Config fields that shape the optimisation trajectory: a checkpoint written
+# under other values cannot be continued. Logging/checkpoint cadence, the
+# device and the number of epochs (the shuffle depends on the epoch only) can change.
+TRAJECTORY_FIELDS = (
+    "seed",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "embedding_dim",
+    "hidden_dim",
+    "max_history",
+)
+
+
+@dataclass(frozen=True)
+class _Processes:
+    """This process's place in the job, as torchrun describes it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @classmethod
+    def from_env(cls) -> _Processes:
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class _Progress:
+    """Where the run stands; what a checkpoint restores besides the tensors."""
+
+    epoch: int = 0  # epoch to run next
+    step: int = 0  # step within that epoch to run next
+    global_step: int = 0  # optimiser steps taken since the start of the run
+    epoch_losses: list[float] = field(default_factory=list)  # mean loss of each finished epoch
+    epoch_loss_sum: float = 0.0  # sum of global-batch losses of the current epoch so far
+
+
+def train(
+    training_set: str | Path,
+    feature_spec: FeatureSpec,
+    output: str | Path,
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> dict:
+    """Train the two-tower model on a training-set parquet; rank 0 exports it to `output`.
+
+    Returns the training metrics (also written to `output/train_metrics.json`).
+    """
+    config = config or TrainConfig()
+    processes = _Processes.from_env()
+    local_batch_size = config.local_batch_size(processes.world_size)
+    device = _resolve_device(config.device, processes.local_rank)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # One intra-op thread per process (torchrun sets the same for N > 1):
+        # the model's ops are too small to gain from threading, and OpenMP
+        # barriers slow steps down ~10x when the cores are shared with other
+        # work. Scale out with processes instead.
+        torch.set_num_threads(1)
+    if processes.world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(
+            Path(training_set),
+            feature_spec,
+            Path(output),
+            config,
+            Path(checkpoint_dir) if checkpoint_dir else None,
+            processes,
+            local_batch_size,
+            device,
+        )
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        torch.set_num_threads(threads)  # an in-process caller gets its setting back
+
+
+def _train(
+    training_set: Path,
+    spec: FeatureSpec,
+    output: Path,
+    config: TrainConfig,
+    checkpoint_dir: Path | None,
+    processes: _Processes,
+    local_batch_size: int,
+    device: torch.device,
+) -> dict:
+    started = time.perf_counter()
+    # Every rank reads the file and fits the preprocessor itself instead of
+    # rank 0 fitting and broadcasting: fitting is deterministic (sorted
+    # vocabularies, float64 statistics in file order), every rank needs the
+    # encoded rows anyway, and it avoids shipping vocabularies of millions of
+    # ids through the process group. `_check_ranks_agree` verifies the result.
+    frame = _read_training_set(training_set, spec)
+    preprocessor = Preprocessor.fit(frame, spec, config.max_history)
+    users = _to_device(preprocessor.encode_users(frame), device)
+    items = _to_device(preprocessor.encode_items(frame), device)
+    labels = torch.from_numpy(frame[LABEL].to_numpy(dtype=np.float32)).to(device)
+    num_rows = len(frame)
+    del frame
+    steps_per_epoch = num_rows // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{training_set} has {num_rows} rows, fewer than one global batch ({config.batch_size})")
+    if processes.is_main:
+        logger.info(
+            "%d rows, %d users, %d items; %d processes x %d rows per step, %d steps per epoch; "
+            "preprocessing took %.1fs",
+            num_rows,
+            preprocessor.num_users - 1,
+            preprocessor.num_items - 1,
+            processes.world_size,
+            local_batch_size,
+            steps_per_epoch,
+            time.perf_counter() - started,
+        )
+
+    torch.manual_seed(config.seed)
+    model = TwoTowerModel.from_preprocessor(preprocessor, config.embedding_dim, config.hidden_dim).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    fingerprint = preprocessor.fingerprint()
+    checkpoint = checkpoint_dir / CHECKPOINT_FILE if checkpoint_dir else None
+    progress = _Progress()
+    resumed_from = None
+    if checkpoint is not None and checkpoint.exists():
+        progress = _load_checkpoint(checkpoint, model, optimizer, config, fingerprint)
+        resumed_from = progress.global_step
+        if processes.is_main:
+            logger.info(
+                "resuming from step %d (epoch %d, step %d) of %s",
+                progress.global_step,
+                progress.epoch + 1,
+                progress.step,
+                checkpoint,
+            )
+    if processes.world_size > 1:
+        _check_ranks_agree(fingerprint, progress.global_step)
+        device_ids = [processes.local_rank] if device.type == "cuda" else None
+        # The only buffers are constant index offsets: nothing to broadcast per step.
+        trained = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    else:
+        trained = model
+
+    fail_at_step = _injected_failure_step(processes, checkpoint_dir or output)
+    samples_seen = 0
+    loop_started = time.perf_counter()
+    window_started, window_steps = loop_started, 0
+    for epoch in range(progress.epoch, config.epochs):
+        # Derived from (seed, epoch) alone, so a resumed run needs no RNG state
+        # to continue the same order.
+        order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(num_rows)).to(device)
+        loss_sum = torch.tensor(progress.epoch_loss_sum, dtype=torch.float64, device=device)
+        for step in range(progress.step, steps_per_epoch):
+            if progress.global_step == fail_at_step:
+                _inject_failure(progress.global_step, checkpoint_dir or output)
+            start = step * config.batch_size + processes.rank * local_batch_size
+            rows = order[start : start + local_batch_size]
+            logits = trained(_take(users, rows), _take(items, rows))
+            loss = F.binary_cross_entropy_with_logits(logits, labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            loss_sum += _global_mean(loss.detach(), processes.world_size)
+            progress.global_step += 1
+            progress.step = step + 1
+            samples_seen += config.batch_size
+            window_steps += 1
+            if processes.is_main and progress.global_step % config.log_every_steps == 0:
+                now = time.perf_counter()
+                logger.info(
+                    "epoch %d/%d step %d/%d loss %.4f samples/s %.0f",
+                    epoch + 1,
+                    config.epochs,
+                    step + 1,
+                    steps_per_epoch,
+                    loss_sum.item() / (step + 1),
+                    window_steps * config.batch_size / (now - window_started),
+                )
+                window_started, window_steps = now, 0
+            at_epoch_end = step + 1 == steps_per_epoch
+            if config.checkpoint_every_steps and not at_epoch_end:
+                if progress.global_step % config.checkpoint_every_steps == 0:
+                    progress.epoch_loss_sum = loss_sum.item()
+                    _save_checkpoint(checkpoint, processes, model, optimizer, progress, config, fingerprint)
+
+        progress.epoch_losses.append(loss_sum.item() / steps_per_epoch)
+        progress.epoch, progress.step, progress.epoch_loss_sum = epoch + 1, 0, 0.0
+        _save_checkpoint(checkpoint, processes, model, optimizer, progress, config, fingerprint)
+        if processes.is_main:
+            logger.info("epoch %d/%d done: mean loss %.4f", epoch + 1, config.epochs, progress.epoch_losses[-1])
+
+    loop_seconds = time.perf_counter() - loop_started
+    metrics = {
+        "epoch_losses": progress.epoch_losses,
+        "samples_per_second": samples_seen / loop_seconds if samples_seen else 0.0,
+        "world_size": processes.world_size,
+        "wall_seconds": time.perf_counter() - started,
+        "train_loop_seconds": loop_seconds,
+        "rows": num_rows,
+        "global_batch_size": config.batch_size,
+        "steps": progress.global_step,
+        "resumed_from_step": resumed_from,
+    }
+    if processes.is_main:
+        _export(output, model, preprocessor, config, metrics)
+        logger.info(
+            "trained %d steps in %.1fs (%.0f samples/s on %d processes); exported to %s",
+            progress.global_step,
+            metrics["wall_seconds"],
+            metrics["samples_per_second"],
+            processes.world_size,
+            output,
+        )
+    return metrics
+
+
+def _resolve_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def _read_training_set(path: Path, spec: FeatureSpec) -> pd.DataFrame:
+    """The columns the model reads, Arrow-backed so encoding needs no conversion."""
+    columns = [USER_ID, ITEM_ID, LABEL, *spec.user_columns()[1:], *spec.item_columns()[1:]]
+    frame = pd.read_parquet(path, columns=columns, dtype_backend="pyarrow")
+    if frame[LABEL].isna().any():
+        raise ValueError(f"{path}: column {LABEL!r} has nulls")
+    return frame
+
+
+def _to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in tensors.items()}
+
+
+def _take(tensors: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {name: tensor.index_select(0, rows) for name, tensor in tensors.items()}
+
+
+def _global_mean(value: torch.Tensor, world_size: int) -> torch.Tensor:
+    """The mean of a per-rank scalar over all ranks: the loss of the global batch."""
+    if world_size > 1:
+        dist.all_reduce(value)
+        value = value / world_size
+    return value.to(torch.float64)
+
+
+def _check_ranks_agree(fingerprint: str, start_step: int) -> None:
+    """Fail fast if ranks encoded different data or resumed from different steps."""
+    views = [None] * dist.get_world_size()
+    dist.all_gather_object(views, (fingerprint, start_step))
+    if len(set(views)) != 1:
+        raise RuntimeError(f"ranks disagree on (preprocessor fingerprint, start step): {views}")
+
+
+def _save_checkpoint(
+    path: Path | None,
+    processes: _Processes,
+    model: TwoTowerModel,
+    optimizer: torch.optim.Optimizer,
+    progress: _Progress,
+    config: TrainConfig,
+    fingerprint: str,
+) -> None:
+    """Rank 0 writes the full training state; tmp + rename, so a crash never leaves half a file."""
+    if path is None or not processes.is_main:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "global_step": progress.global_step,
+        "epoch_losses": progress.epoch_losses,
+        "epoch_loss_sum": progress.epoch_loss_sum,
+        "rng": rng,
+        "config": config.model_dump(),
+        "preprocessor_fingerprint": fingerprint,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    logger.debug("checkpoint at step %d written to %s", progress.global_step, path)
+
+
+def _load_checkpoint(
+    path: Path,
+    model: TwoTowerModel,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    fingerprint: str,
+) -> _Progress:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    changed = [name for name in TRAJECTORY_FIELDS if state["config"][name] != getattr(config, name)]
+    if changed or state["preprocessor_fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path} belongs to another run (changed config fields: {changed or 'none'}; same training set: "
+            f"{state['preprocessor_fingerprint'] == fingerprint}); use a fresh checkpoint directory"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return _Progress(
+        epoch=state["epoch"],
+        step=state["step"],
+        global_step=state["global_step"],
+        epoch_losses=list(state["epoch_losses"]),
+        epoch_loss_sum=state["epoch_loss_sum"],
+    )
+
+
+def _injected_failure_step(processes: _Processes, marker_dir: Path) -> int | None:
+    """The step at which this rank must fail (test hook, see the module docstring), if any."""
+    step = os.environ.get(FAIL_AT_STEP_ENV)
+    if step is None or processes.rank != processes.world_size - 1 or (marker_dir / FAILURE_MARKER).exists():
+        return None
+    return int(step)
+
+
+def _inject_failure(step: int, marker_dir: Path) -> None:
+    marker_dir.mkdir(parents=True, exist_ok=True)
+    (marker_dir / FAILURE_MARKER).write_text(f"failed at step {step}\n")
+    logger.error("%s=%d: exiting hard before step %d", FAIL_AT_STEP_ENV, step, step)
+    os._exit(1)
+
+
+def _export(output: Path, model: TwoTowerModel, preprocessor: Preprocessor, config: TrainConfig, metrics: dict) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), output / MODEL_FILE)
+    preprocessor.save(output / PREPROCESSOR_FILE)
+    (output / FEATURE_SPEC_FILE).write_text(preprocessor.spec.model_dump_json(indent=2))
+    (output / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+    (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m recflow.training.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--training-set", required=True, help="training-set parquet file")
+    parser.add_argument("--feature-spec", required=True, help="FeatureSpec JSON file")
+    parser.add_argument("--output", required=True, help="directory the trained model is exported to")
+    parser.add_argument("--config", help="TrainConfig JSON file (defaults otherwise)")
+    parser.add_argument("--checkpoint-dir", help="directory for checkpoint.pt; an existing one is resumed")
+    args = parser.parse_args(argv)
+
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+    )
+    train(
+        training_set=args.training_set,
+        feature_spec=FeatureSpec.model_validate_json(Path(args.feature_spec).read_text()),
+        output=args.output,
+        config=TrainConfig.from_file(args.config) if args.config else None,
+        checkpoint_dir=args.checkpoint_dir,
+    )
+
+
+if __name__ == "__main__":
+    main()
