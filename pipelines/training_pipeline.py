@@ -80,7 +80,7 @@ def training_pipeline(
         k=k,
         gate=gate,
     )
-    with dsl.If(evaluate.outputs["blessed"] == True, name="blessed"):  # noqa: E712 (KFP condition, not a Python bool)
+    with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition, not a Python bool)
         export_bundle(
             model=train.outputs["model"],
             evaluation=evaluate.outputs["evaluation"],

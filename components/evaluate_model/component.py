@@ -1,5 +1,3 @@
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -18,11 +16,15 @@ def evaluate_model(
     report: Output[HTML],
     summary: Output[Markdown],
     evaluation: Output[Artifact],
-) -> NamedTuple("Outputs", [("blessed", bool)]):
-    """Score model, popularity baseline, last blessed model and (synthetic world) oracle; decide the blessing."""
+) -> bool:
+    """Score model, popularity baseline, last blessed model and (synthetic world) oracle; decide the blessing.
+
+    Returns whether the gate blessed the model. A plain ``bool`` return (output
+    ``Output``) rather than a named output: kfp.local 2.17 cannot resolve a
+    named task output inside a ``dsl.If`` condition and skips the branch.
+    """
     import os
     import shutil
-    from collections import namedtuple
 
     from recflow.evaluation.gate import GateConfig
     from recflow.pipeline import steps
@@ -35,4 +37,4 @@ def evaluate_model(
     shutil.copyfile(os.path.join(evaluation.path, "report.md"), summary.path)
     blessed = bool(result["decision"]["blessed"])
     evaluation.metadata.update({"blessed": blessed})
-    return namedtuple("Outputs", ["blessed"])(blessed)
+    return blessed

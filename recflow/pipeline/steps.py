@@ -69,10 +69,14 @@ def ingest(source: str, out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
         info = {"source": "world", "scale": source.split(":", 1)[1], "seed": seed}
     elif Path(source, "manifest.json").is_file():
         dataset = Dataset(Path(source))
+        # Partitions are read one by one and concatenated as pandas frames, so a
+        # partition with a corrupted column type reaches validation instead of
+        # failing Arrow's schema merge here.
+        partitions = [pd.read_parquet(dataset.event_partition(day)) for day in dataset.days()]
         tables = {
-            "events": pq.read_table(dataset.path / "events").to_pandas().drop(columns=["date"], errors="ignore"),
-            "items": pq.read_table(dataset.path / "items.parquet").to_pandas(),
-            "users": pq.read_table(dataset.path / "users.parquet").to_pandas(),
+            "events": pd.concat(partitions, ignore_index=True) if partitions else pd.DataFrame(),
+            "items": pd.read_parquet(dataset.path / "items.parquet"),
+            "users": pd.read_parquet(dataset.path / "users.parquet"),
         }
         if dataset.ground_truth_dir is not None:
             shutil.copytree(dataset.ground_truth_dir, out / GROUND_TRUTH_DIR)
