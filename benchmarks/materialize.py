@@ -35,7 +35,6 @@ def run(scale: str, workspace: Path) -> dict:
     started = time.perf_counter()
     compute.compute_features(dataset, store.offline_root(repo))
     compute_seconds = time.perf_counter() - started
-    store.feast_apply(repo)
     result = steps.apply_and_materialize(dataset_dir, workspace)
     root = store.offline_root(repo)
     rows = {}

@@ -35,6 +35,8 @@ def training_pipeline(
     seed: int = 0,
     protocol: str = "time",
     test_days: int = 3,
+    start_date: str = "",
+    end_date: str = "",
     feature_service: str = "retrieval_v1",
     negatives: str = "random",
     negatives_per_positive: float = 4.0,
@@ -48,7 +50,13 @@ def training_pipeline(
 ):
     ingest = ingest_data(data_source=data_source, seed=seed)
     validate = validate_data(raw=ingest.outputs["raw"])
-    split = split_events(dataset=validate.outputs["dataset"], protocol=protocol, test_days=test_days)
+    split = split_events(
+        dataset=validate.outputs["dataset"],
+        protocol=protocol,
+        test_days=test_days,
+        start_date=start_date,
+        end_date=end_date,
+    )
     features = compute_features(dataset=validate.outputs["dataset"], split=split.outputs["split"], workspace=workspace)
     online = materialize_features(
         dataset=validate.outputs["dataset"], features=features.outputs["features"], workspace=workspace

@@ -134,7 +134,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     elif name == "validate":
         result = steps.validate(args.raw, args.out, args.report)
     elif name == "split":
-        result = steps.split(args.dataset, args.out, args.protocol, args.test_days)
+        result = steps.split(args.dataset, args.out, args.protocol, args.test_days, args.start_date, args.end_date)
     elif name == "features":
         result = steps.compute_feature_tables(args.dataset, args.split, args.workspace)
     elif name == "materialize":
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("out")
     split.add_argument("--protocol", default="time", choices=["time", "stratified"])
     split.add_argument("--test-days", type=int, default=3)
+    split.add_argument("--start-date", default="", help="first day used (ISO date; default: all)")
+    split.add_argument("--end-date", default="", help="last day used (ISO date; default: all)")
     for name, helptext in (("features", "compute the offline feature tables"), ("materialize", "feast apply + materialize")):
         sub = step.add_parser(name, help=helptext)
         sub.add_argument("dataset")

@@ -74,8 +74,10 @@ def collect_outputs(run_dir: Path) -> RunOutputs:
     bundle = run_dir / "export-bundle" / "bundle"
     return RunOutputs(
         run_dir=run_dir,
-        metrics=evaluate / "metrics",
-        report=evaluate / "report",
+        # kfp.local records the Metrics artifact in executor_output.json; the
+        # evaluation JSON holds the same figures for every recommender.
+        metrics=evaluate / "evaluation" / "evaluation.json",
+        report=evaluate / "evaluation" / "report.html",
         evaluation=json.loads((evaluate / "evaluation" / "evaluation.json").read_text()),
         bundle=bundle if (bundle / "model_card.json").is_file() else None,
     )

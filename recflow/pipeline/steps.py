@@ -124,9 +124,19 @@ def validate(raw_dir: str | Path, out_dir: str | Path, report_path: str | Path |
 # --- split and features ----------------------------------------------------------------------
 
 
-def split(dataset_dir: str | Path, out_dir: str | Path, protocol: str, test_days: int) -> dict[str, Any]:
-    """Split the event log by the evaluation protocol (``time`` or ``stratified``)."""
-    events = Dataset(Path(dataset_dir)).read_events()
+def split(
+    dataset_dir: str | Path, out_dir: str | Path, protocol: str, test_days: int, start_date: str = "", end_date: str = ""
+) -> dict[str, Any]:
+    """Split the event log by the evaluation protocol (``time`` or ``stratified``).
+
+    ``start_date`` / ``end_date`` (ISO dates, inclusive; empty = unbounded)
+    restrict the days the run trains and evaluates on.
+    """
+    start = dt.date.fromisoformat(start_date) if start_date else None
+    end = dt.date.fromisoformat(end_date) if end_date else None
+    events = Dataset(Path(dataset_dir)).read_events(start=start, end=end)
+    if events.empty:
+        raise ValueError(f"no events between {start_date or 'the start'} and {end_date or 'the end'}")
     if protocol == "time":
         result = time_split(events, test_days)
     elif protocol == "stratified":
@@ -137,7 +147,13 @@ def split(dataset_dir: str | Path, out_dir: str | Path, protocol: str, test_days
     out.mkdir(parents=True, exist_ok=True)
     result.train.to_parquet(out / SPLIT_FILES["train"], index=False)
     result.test.to_parquet(out / SPLIT_FILES["test"], index=False)
-    info = {**result.summary(), "protocol": protocol, "cutoff": result.cutoff.isoformat()}
+    info = {
+        **result.summary(),
+        "protocol": protocol,
+        "cutoff": result.cutoff.isoformat(),
+        "start_date": start_date,
+        "end_date": end_date,
+    }
     _write_json(out / SPLIT_FILES["info"], info)
     return info
 

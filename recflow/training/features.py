@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -65,7 +66,7 @@ class FeatureSpec(BaseModel):
                 tower = "item"
             else:
                 continue
-            kind = _column_kind(frame[name])
+            kind = _column_kind(name, frame[name])
             if kind == "history":
                 if tower != "user" or spec.history is not None:
                     raise ValueError(
@@ -73,11 +74,19 @@ class FeatureSpec(BaseModel):
                         f"a user_* column (found history={spec.history!r})"
                     )
                 spec.history = name
-            elif kind is None:
-                raise ValueError(f"feature column {name!r} has unsupported dtype {frame[name].dtype}")
             else:
                 getattr(spec, f"{tower}_{kind}").append(name)
         return spec
+
+    @classmethod
+    def infer_from_parquet(cls, path: str | Path) -> FeatureSpec:
+        """:meth:`infer` on a parquet file's schema alone: exact types, no rows read.
+
+        Safer than inferring from a sample of rows, where a history column that
+        happens to be all nulls cannot be told from a categorical one.
+        """
+        schema = pq.read_schema(path)
+        return cls.infer(schema.empty_table().to_pandas(types_mapper=pd.ArrowDtype))
 
     def user_columns(self) -> list[str]:
         """Columns the user tower reads, `user_id` first."""
@@ -89,8 +98,8 @@ class FeatureSpec(BaseModel):
         return [ITEM_ID, *self.item_numeric, *self.item_categorical]
 
 
-def _column_kind(column: pd.Series) -> str | None:
-    """'numeric', 'categorical', 'history' or None (unsupported)."""
+def _column_kind(name: str, column: pd.Series) -> str:
+    """'numeric', 'categorical' or 'history'; ValueError when the column is neither."""
     dtype = column.dtype
     if isinstance(dtype, pd.ArrowDtype):
         arrow_type = dtype.pyarrow_dtype
@@ -101,11 +110,13 @@ def _column_kind(column: pd.Series) -> str | None:
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
         return "numeric"
     if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
-        sample = column.dropna()
-        if len(sample) and isinstance(sample.iloc[0], (list, tuple, np.ndarray)):
-            return "history"
-        return "categorical"
-    return None
+        values = column.dropna()
+        if not len(values):
+            # An object column of nulls could be strings or lists: guessing wrong
+            # would silently drop the history, so refuse.
+            raise ValueError(f"feature column {name!r} holds only nulls; its kind cannot be inferred")
+        return "history" if isinstance(values.iloc[0], (list, tuple, np.ndarray)) else "categorical"
+    raise ValueError(f"feature column {name!r} has unsupported dtype {dtype}")
 
 
 def _to_arrow(column: pd.Series) -> pa.Array:

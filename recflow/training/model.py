@@ -30,6 +30,8 @@ class _CategoricalEmbedding(nn.Module):
     category (index 0) contributes a zero vector rather than an untrained one.
     """
 
+    offsets: torch.Tensor
+
     def __init__(self, sizes: list[int], dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(sum(sizes), dim) * EMBEDDING_INIT_STD)

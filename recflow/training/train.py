@@ -13,6 +13,10 @@ seeded per-epoch permutation (the *global* batch) and rank r trains on the r-th
 contiguous slice of it. Each rank's loss is the mean over its slice and DDP
 averages the gradients, so the update equals that of one process on the whole
 global batch; N processes reproduce a 1-process run up to float rounding.
+Contiguous slices of one global order, rather than a per-rank sampler such as
+DistributedSampler (strided, padded with repeated rows), make the union of
+the ranks' rows at every step exactly the batch one process would take; the
+last incomplete global batch is dropped so every step has the same size.
 
 Checkpoints (rank 0, atomic) are written at the end of every epoch and every
 `checkpoint_every_steps` steps. A start that finds one in `--checkpoint-dir`
@@ -43,7 +47,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from recflow.training.config import TrainConfig
-from recflow.training.features import ITEM_ID, LABEL, USER_ID, FeatureSpec, Preprocessor
+from recflow.training.features import LABEL, FeatureSpec, Preprocessor
 from recflow.training.model import TwoTowerModel
 
 logger = logging.getLogger("recflow.training")
@@ -204,13 +208,12 @@ def _train(
                 progress.step,
                 checkpoint,
             )
+    trained: torch.nn.Module = model
     if processes.world_size > 1:
         _check_ranks_agree(fingerprint, progress.global_step)
         device_ids = [processes.local_rank] if device.type == "cuda" else None
         # The only buffers are constant index offsets: nothing to broadcast per step.
         trained = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
-    else:
-        trained = model
 
     fail_at_step = _injected_failure_step(processes, checkpoint_dir or output)
     samples_seen = 0
@@ -297,7 +300,7 @@ def _resolve_device(requested: str, local_rank: int) -> torch.device:
 
 def _read_training_set(path: Path, spec: FeatureSpec) -> pd.DataFrame:
     """The columns the model reads, Arrow-backed so encoding needs no conversion."""
-    columns = [USER_ID, ITEM_ID, LABEL, *spec.user_columns()[1:], *spec.item_columns()[1:]]
+    columns = [*spec.user_columns(), *spec.item_columns(), LABEL]
     frame = pd.read_parquet(path, columns=columns, dtype_backend="pyarrow")
     if frame[LABEL].isna().any():
         raise ValueError(f"{path}: column {LABEL!r} has nulls")
@@ -341,7 +344,7 @@ def _save_checkpoint(
     if path is None or not processes.is_main:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = {"torch": torch.get_rng_state()}
+    rng: dict[str, object] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     state = {

@@ -28,6 +28,19 @@ def test_infer_rejects_unsupported_feature_dtypes(training_frame):
         FeatureSpec.infer(training_frame.assign(item_created_at=pd.Timestamp("2024-01-01", tz="UTC")))
 
 
+def test_infer_refuses_to_guess_the_kind_of_an_all_null_column(training_frame):
+    with pytest.raises(ValueError, match="user_recent_item_ids.*only nulls"):
+        FeatureSpec.infer(training_frame.assign(user_recent_item_ids=None))
+
+
+def test_infer_from_the_parquet_schema(tmp_path, training_frame):
+    path = tmp_path / "training_set.parquet"
+    schema = pa.Schema.from_pandas(training_frame, preserve_index=False)
+    # Nulls in the first rows do not matter: the schema says what each column is.
+    training_frame.assign(user_recent_item_ids=None).to_parquet(path, schema=schema, index=False)
+    assert FeatureSpec.infer_from_parquet(path) == FeatureSpec.infer(training_frame)
+
+
 def test_spec_rejects_unknown_keys():
     with pytest.raises(ValueError, match="user_numerics"):
         FeatureSpec.model_validate({"user_numerics": []})
