@@ -239,7 +239,7 @@ def train(training_set_dir: str | Path, model_dir: str | Path, config, nproc_per
 
     source = Path(training_set_dir)
     data = source / TRAINING_SET_FILE
-    spec = FeatureSpec.infer(pq.ParquetFile(data).read_row_group(0).to_pandas().head(1000))
+    spec = FeatureSpec.infer_from_parquet(data)
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"

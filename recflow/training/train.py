@@ -13,6 +13,9 @@ seeded per-epoch permutation (the *global* batch) and rank r trains on the r-th
 contiguous slice of it. Each rank's loss is the mean over its slice and DDP
 averages the gradients, so the update equals that of one process on the whole
 global batch; N processes reproduce a 1-process run up to float rounding.
+(Rounding differs because the gradient sums are ordered differently; over
+hundreds of steps ReLU kinks and Adam's per-parameter normalisation let it
+grow in single weights while the losses stay equal to ~1e-4.)
 Contiguous slices of one global order, rather than a per-rank sampler such as
 DistributedSampler (strided, padded with repeated rows), make the union of
 the ranks' rows at every step exactly the batch one process would take; the
