@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,8 @@ def materialize(repo: str | Path, end: dt.datetime) -> dict[str, float]:
     """Load the newest offline row of every entity up to ``end`` into the online store.
 
     Incremental: Feast remembers per view how far it got, so a second run only
-    moves the interval on. Returns the online rows written and the seconds taken.
+    moves the interval on. Returns the seconds taken.
     """
-    import time
-
     store = get_store(repo)
     started = time.perf_counter()
     store.materialize_incremental(end_date=end)

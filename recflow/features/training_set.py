@@ -11,8 +11,9 @@ negatives: exposure negatives teach "clicked given shown", not "worth showing".
 
 Features come only from ``store.get_historical_features(features=<service>)``:
 the feature service is the contract serving reads too. Feast has been seen to
-drop entity rows silently (the dask offline store drops rows outside a view's
-TTL), so the row count is checked and a mismatch fails loudly.
+drop entity rows silently (the dask offline store drops an entity row that has
+no feature row within ``[t - ttl, t]``, e.g. one stamped before the entity's
+first snapshot), so the row count is checked and a mismatch fails loudly.
 """
 
 from __future__ import annotations
@@ -96,17 +97,25 @@ def service_features(store, service_name: str) -> dict[str, str]:
     }
 
 
+# Absent values that are not 0 / "unknown" / []: the profile table writes -1
+# for an unknown age, so a missing profile row must read the same.
+FEATURE_DEFAULTS = {"user_age": -1}
+
+
 def fill_missing(frame: pd.DataFrame, features: dict[str, str]) -> pd.DataFrame:
     """The one defaulting rule for absent feature values, offline and online.
 
-    An entity with no row yet (a new user, an item never shown) gets zeros for
-    numbers, ``"unknown"`` for strings and an empty list for histories.
+    An entity with no row yet (a new user, an item never shown) gets
+    ``FEATURE_DEFAULTS`` where listed, else zeros for numbers, ``"unknown"``
+    for strings and an empty list for histories.
     """
     out = frame.copy()
     for name, dtype in features.items():
         if name not in out.columns:
             continue
-        if dtype.startswith("Array"):
+        if name in FEATURE_DEFAULTS:
+            out[name] = pd.to_numeric(out[name]).fillna(FEATURE_DEFAULTS[name])
+        elif dtype.startswith("Array"):
             out[name] = [list(v) if isinstance(v, (list, np.ndarray)) else [] for v in out[name]]
         elif "String" in dtype:
             out[name] = out[name].fillna(UNKNOWN).astype(str)
@@ -116,7 +125,11 @@ def fill_missing(frame: pd.DataFrame, features: dict[str, str]) -> pd.DataFrame:
 
 
 def join_features(store, entity_rows: pd.DataFrame, service_name: str) -> pd.DataFrame:
-    """Point-in-time join of ``entity_rows`` with a feature service, row count checked."""
+    """Point-in-time join of ``entity_rows`` with a feature service, row count checked.
+
+    The rows come back in the offline store's order, not the input's; extra
+    columns of ``entity_rows`` (labels, row ids) are carried through.
+    """
     service = store.get_feature_service(service_name)
     joined = store.get_historical_features(entity_df=entity_rows, features=service).to_df()
     if len(joined) != len(entity_rows):
