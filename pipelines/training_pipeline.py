@@ -5,7 +5,8 @@ validate data -> compute features -> feast apply + materialize -> training set
 
 Run locally with ``recflow pipeline run`` (``kfp.local``); ``recflow pipeline
 compile`` writes ``pipelines/training_pipeline.yaml``, the file to upload in
-the Kubeflow UI. Every parameter below is a field in the UI's run form.
+the Kubeflow UI. Every parameter below is a field in the UI's run form; their
+defaults and meaning live in :mod:`recflow.pipeline.parameters`.
 """
 
 from kfp import dsl
@@ -20,33 +21,28 @@ from components.split_events.component import split_events
 from components.train_model.component import train_model
 from components.validate_data.component import validate_data
 
-# The blessing gate: not worse than popularity on NDCG@10 (the first model) and
-# at most 2% below the last blessed model on NDCG@10 and recall@10.
-DEFAULT_GATE = (
-    '{"value_thresholds": {}, "min_lift_over_baseline": {"ndcg@10": 0.0}, '
-    '"max_regression_vs_blessed": {"ndcg@10": 0.02, "recall@10": 0.02}}'
-)
+from recflow.pipeline.parameters import DEFAULTS
 
 
 @dsl.pipeline(name="recflow-training", description="Events to a blessed two-tower recommender bundle")
 def training_pipeline(
     workspace: str,
-    data_source: str = "world:demo",
-    seed: int = 0,
-    protocol: str = "time",
-    test_days: int = 3,
-    start_date: str = "",
-    end_date: str = "",
-    feature_service: str = "retrieval_v1",
-    negatives: str = "random",
-    negatives_per_positive: float = 4.0,
-    epochs: int = 2,
-    batch_size: int = 2048,
-    learning_rate: float = 0.003,
-    embedding_dim: int = 32,
-    nproc_per_node: int = 2,
-    k: int = 10,
-    gate: str = DEFAULT_GATE,
+    data_source: str = DEFAULTS.data_source,
+    seed: int = DEFAULTS.seed,
+    protocol: str = DEFAULTS.protocol,
+    test_days: int = DEFAULTS.test_days,
+    start_date: str = DEFAULTS.start_date,
+    end_date: str = DEFAULTS.end_date,
+    feature_service: str = DEFAULTS.feature_service,
+    negatives: str = DEFAULTS.negatives,
+    negatives_per_positive: float = DEFAULTS.negatives_per_positive,
+    epochs: int = DEFAULTS.epochs,
+    batch_size: int = DEFAULTS.batch_size,
+    learning_rate: float = DEFAULTS.learning_rate,
+    embedding_dim: int = DEFAULTS.embedding_dim,
+    nproc_per_node: int = DEFAULTS.nproc_per_node,
+    k: int = DEFAULTS.k,
+    gate: str = DEFAULTS.gate,
 ):
     ingest = ingest_data(data_source=data_source, seed=seed)
     validate = validate_data(raw=ingest.outputs["raw"])

@@ -7,7 +7,8 @@
     recflow pipeline compile [--check]   # pipelines/training_pipeline.yaml
     recflow step <name> ...              # one pipeline step by hand (what each component runs)
     recflow train TRAINING_SET OUT       # the training entrypoint, through torchrun
-    recflow bench materialize            # benchmarks that print figures
+    recflow bench quality --data PATH    # benchmarks that print figures
+    recflow bench materialize
 """
 
 from __future__ import annotations
@@ -87,11 +88,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     from recflow.pipeline.local import run_pipeline
 
+    from recflow.pipeline.parameters import PipelineParameters
+
     parameters = {"data_source": args.data_source, "seed": args.seed, "protocol": args.protocol}
     for assignment in args.param:
         name, _, value = assignment.partition("=")
         parameters[name] = _parse_value(value)
-    outputs = run_pipeline(args.workspace, **parameters)
+    outputs = run_pipeline(args.workspace, **PipelineParameters(**parameters).model_dump())
     print(outputs.summary())
     return 0
 
@@ -146,7 +149,7 @@ def cmd_step(args: argparse.Namespace) -> int:
         result = steps.training_set(args.dataset, args.split, args.workspace, args.out, config)
     elif name == "evaluate":
         from recflow.evaluation.gate import GateConfig
-        from pipelines.training_pipeline import DEFAULT_GATE
+        from recflow.pipeline.parameters import DEFAULT_GATE
 
         gate = GateConfig.model_validate_json(args.gate or DEFAULT_GATE)
         result = steps.evaluate(args.model, args.dataset, args.split, args.workspace, args.out, gate, k=args.k)
@@ -165,6 +168,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     _print_json(steps.train(args.training_set, args.out, config, args.nproc_per_node))
+    return 0
+
+
+def cmd_bench_quality(args: argparse.Namespace) -> int:
+    from benchmarks.quality import run
+
+    result = run(args.data, args.protocol, Path(args.workspace) if args.workspace else None)
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["table"])
     return 0
 
 
@@ -272,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="bench_command", required=True)
+    quality = bench.add_parser("quality", help="train the production configuration on a dataset and print top-k quality")
+    quality.add_argument("--data", required=True, help="a MovieLens file/directory, a dataset directory or world:<scale>")
+    quality.add_argument("--protocol", default="stratified", choices=["time", "stratified"])
+    quality.add_argument("--workspace", help="keep the run here (default: a temporary directory)")
+    quality.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    quality.set_defaults(handler=cmd_bench_quality)
     materialize = bench.add_parser("materialize", help="time materializing a world into the online store")
     materialize.add_argument("--scale", default="demo")
     materialize.add_argument("--workspace", default=".recflow/bench")

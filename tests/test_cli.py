@@ -45,3 +45,15 @@ def test_validate_names_the_problem_and_exits_non_zero(tmp_path, capsys):
 def test_compiled_pipeline_check_passes_on_a_fresh_checkout(capsys):
     assert main(["pipeline", "compile", "--check"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_pipeline_run_rejects_an_unknown_parameter_before_running(tmp_path, capsys):
+    code = main(["pipeline", "run", "--workspace", str(tmp_path / "ws"), "--param", "epoch=3"])
+    assert code == 2
+    assert "epoch" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_pipeline_run_rejects_an_ill_typed_parameter(tmp_path, capsys):
+    assert main(["pipeline", "run", "--workspace", str(tmp_path / "ws"), "--param", "epochs=many"]) == 2
+    assert "epochs" in capsys.readouterr().err
