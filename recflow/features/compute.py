@@ -6,10 +6,10 @@ so a point-in-time join for a label at time t only ever sees days strictly
 before t's day: no label leaks into its own features.
 
 Window tables (user engagement, item stats) are written as a changelog: a row
-for every day on which the entity has an event in its 28-day window or just
-left it (its counts fall back to zero), so the latest row at or before any
-instant is always the correct value. History rows are written on the days a
-user clicks.
+on every day some window of the entity changes (an event enters the windows,
+or leaves the 1-, 7- or 28-day window, the last one resetting the counts to
+zero), so the latest row at or before any instant is always the correct value.
+History rows are written on the days a user clicks.
 
 Incremental: per-day aggregates are cached, and a run recomputes only the days
 from the earliest day whose event partition is new or changed (a fingerprint
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 WINDOWS = (1, 7, 28)
 LONGEST_WINDOW = max(WINDOWS)
 HISTORY_LENGTH = 20
+WINDOW_CHUNK_DAYS = 64
+# Days after an event on which some window's value changes (enters, then leaves each window).
+CHANGE_LAGS = (0, *WINDOWS)
 STATE_FILE = "_state.json"
 DAILY_DIR = "_daily"
 
@@ -132,9 +135,12 @@ def _window_rows(daily: dict[dt.date, pd.DataFrame], key: str, prefix: str, targ
     out = {}
     for day in target_days:
         end = (day - first).days
-        # Present in the 28-day window now or yesterday: the second case is the
-        # row that resets the entity to zero.
-        alive = window("impressions", end, LONGEST_WINDOW + 1) > 0
+        # A row only where some window's value changes: an event enters every
+        # window on its day and leaves the w-day window w days later. Between
+        # change points the previous row is still the correct value.
+        alive = np.zeros(len(entities), dtype=bool)
+        for lag in CHANGE_LAGS:
+            alive |= window("impressions", end - lag, 1) > 0
         columns = {key: entities[alive], "event_timestamp": _snapshot_time(day)}
         for length in WINDOWS:
             imps = window("impressions", end, length)[alive]
@@ -256,7 +262,7 @@ def compute_features(dataset: Dataset, offline_root: str | Path, events_filter: 
     # Every calendar day from the first changed one: a day without events still
     # moves the windows on.
     targets = [start + dt.timedelta(days=i) for i in range((days[-1] - start).days + 1)] if days else []
-    log.info("computing features for %d day(s) from %s (%d unchanged)", len(targets), start, len(days) - len(targets))
+    log.info("computing features for %d day(s) from %s (%d unchanged)", len(targets), start, sum(d < start for d in days))
 
     # Per-day aggregates for the new days, cached for later windows.
     history = _latest_history(root, start)
@@ -269,7 +275,10 @@ def compute_features(dataset: Dataset, offline_root: str | Path, events_filter: 
             columns=["event_id", "user_id", "item_id", "event_timestamp", "clicked", "dwell_seconds"],
         ).to_pandas()
         if events_filter is not None:
-            events = events[events["event_id"].isin(events_filter)]
+            # A set lookup per row: pandas' isin would rebuild a hash table of
+            # the whole filter for each of thousands of days.
+            kept = np.fromiter((event in events_filter for event in events["event_id"]), dtype=bool, count=len(events))
+            events = events[kept]
         _write(_daily_aggregates(events, "user_id"), _table_file(root, f"{DAILY_DIR}/user", day))
         _write(_daily_aggregates(events, "item_id"), _table_file(root, f"{DAILY_DIR}/item", day))
         clicks = events[events["clicked"]]
@@ -286,10 +295,15 @@ def compute_features(dataset: Dataset, offline_root: str | Path, events_filter: 
             for p in (root / DAILY_DIR / kind).glob("*.parquet")
             if dt.date.fromisoformat(p.stem) >= window_start
         }
-        for day, frame in _window_rows(daily, key, prefix, targets).items():
-            if len(frame):
-                _write(frame[[key, "event_timestamp", *_TABLE_COLUMNS[table]]], _table_file(root, table, day))
-            rows[table] = rows.get(table, 0) + len(frame)
+        rows[table] = 0
+        # Chunks of target days keep the dense [entity, day] grids small on logs
+        # that span years (MovieLens spans 22 years with few entities a day).
+        for chunk_start in range(0, len(targets), WINDOW_CHUNK_DAYS):
+            chunk = targets[chunk_start : chunk_start + WINDOW_CHUNK_DAYS]
+            for day, frame in _window_rows(daily, key, prefix, chunk).items():
+                if len(frame):
+                    _write(frame[[key, "event_timestamp", *_TABLE_COLUMNS[table]]], _table_file(root, table, day))
+                rows[table] += len(frame)
 
     state["days"] = fingerprints
     tmp = state_path.with_suffix(".tmp")

@@ -189,32 +189,38 @@ def test_hand_made_log_computes_every_calendar_day(hand_made):
     assert result.computed_days == [(START + i * DAY).date() for i in range(41)]
 
 
-def test_window_changelog_ends_with_a_zero_row(hand_made):
+def _as_of(rows: pd.DataFrame, day: int) -> pd.Series:
+    """What a point-in-time lookup sees at the end of ``day``: the latest row at or before its stamp."""
+    return rows[rows.index <= _snapshot(day)].iloc[-1]
+
+
+def test_window_changelog_has_a_row_at_every_change_and_ends_with_zeros(hand_made):
     _, _, table = hand_made
     engagement = table("user_engagement")
     ua = engagement[engagement["user_id"] == "ua"].sort_values("event_timestamp").set_index("event_timestamp")
-    # A row on every day the 28-day window (or yesterday's) held an event: days 0..28.
-    assert ua.index.tolist() == [_snapshot(d) for d in range(29)]
-    assert ua.loc[_snapshot(0), ["user_impressions_1d", "user_clicks_1d", "user_impressions_28d", "user_clicks_28d"]].tolist() == [3, 1, 3, 1]
-    assert ua.loc[_snapshot(0), "user_ctr_28d"] == pytest.approx(1 / 3)
-    assert ua.loc[_snapshot(0), "user_dwell_28d"] == pytest.approx(10.0)
-    assert ua.loc[_snapshot(1), "user_impressions_1d"] == 0 and ua.loc[_snapshot(6), "user_impressions_7d"] == 3
-    assert ua.loc[_snapshot(7), "user_impressions_7d"] == 0 and ua.loc[_snapshot(7), "user_ctr_7d"] == 0
-    assert ua.loc[_snapshot(27), "user_impressions_28d"] == 3
+    # Events on day 0 only: they enter every window on day 0 and leave the 1-, 7-
+    # and 28-day windows on days 1, 7 and 28; those are the only rows.
+    assert ua.index.tolist() == [_snapshot(d) for d in (0, 1, 7, 28)]
+    assert _as_of(ua, 0)[["user_impressions_1d", "user_clicks_1d", "user_impressions_28d", "user_clicks_28d"]].tolist() == [3, 1, 3, 1]
+    assert _as_of(ua, 0)["user_ctr_28d"] == pytest.approx(1 / 3)
+    assert _as_of(ua, 0)["user_dwell_28d"] == pytest.approx(10.0)
+    assert _as_of(ua, 1)["user_impressions_1d"] == 0 and _as_of(ua, 6)["user_impressions_7d"] == 3
+    assert _as_of(ua, 7)["user_impressions_7d"] == 0 and _as_of(ua, 7)["user_ctr_7d"] == 0
+    assert _as_of(ua, 27)["user_impressions_28d"] == 3
     last = ua.iloc[-1]
     numeric = [c for c in ua.columns if c != "user_id"]
     assert (last[numeric] == 0).all(), last
 
-    # "ub" leaves the window the same way, is absent while idle, and comes back on day 40.
+    # "ub" leaves the windows the same way, is absent while idle, and comes back on day 40.
     ub = engagement[engagement["user_id"] == "ub"].sort_values("event_timestamp")
-    assert ub["event_timestamp"].tolist() == [_snapshot(d) for d in range(29)] + [_snapshot(40)]
+    assert ub["event_timestamp"].tolist() == [_snapshot(d) for d in (0, 1, 7, 28, 40)]
     assert (ub.iloc[-2][numeric] == 0).all()
     assert ub.iloc[-1][["user_impressions_1d", "user_clicks_28d"]].tolist() == [1, 1]
 
     # Items follow the same changelog.
     stats = table("item_stats")
     ix = stats[stats["item_id"] == "ix"].sort_values("event_timestamp")
-    assert ix["event_timestamp"].tolist() == [_snapshot(d) for d in range(29)]
+    assert ix["event_timestamp"].tolist() == [_snapshot(d) for d in (0, 1, 7, 28)]
     assert ix.iloc[0][["item_impressions_28d", "item_clicks_28d"]].tolist() == [2, 1]
     assert (ix.iloc[-1][[c for c in ix.columns if c != "item_id"]].drop("event_timestamp") == 0).all()
 
