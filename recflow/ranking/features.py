@@ -1,0 +1,265 @@
+"""User x item cross features of the ranking stage, computed the same way offline and online.
+
+The ranking model reads everything the feature service `ranking_v1` serves
+(the `user_*` / `item_*` columns, encoded by
+:class:`recflow.training.features.Preprocessor`), the retrieval score, and the
+cross features below. Feast has no view for them: they relate one user's
+history to one candidate, so they only exist once a candidate is paired with a
+user. :func:`cross_features` computes them from the joined frame and nothing
+else, so the training set (offline, one row per labelled impression) and the
+serving request (online, one row per candidate) go through the same function.
+A value depends only on its own row and the item -> category lookup frozen at
+training time: scoring rows one by one or in one batch gives identical numbers
+(tested).
+
+Columns (NaN where an input is missing; the ranker imputes NaN with the
+training mean, as the preprocessor does for Feast features):
+
+- ``cross_history_category_count``: how many of the user's last
+  ``max_history`` clicked items share the candidate's category.
+- ``cross_history_category_fraction``: that count over the history items whose
+  category is known; NaN for an empty history (no evidence either way).
+- ``cross_category_in_history``: 1.0 if the count is positive.
+- ``cross_last_item_same_category``: 1.0 if the most recent click shares the
+  candidate's category.
+- ``cross_log_item_age_hours``: log1p of the candidate's age at the row's
+  ``event_timestamp`` (request time online), from ``item_created_ts``.
+- ``cross_log_hours_since_last_click``: log1p of the hours between the user's
+  last click (``user_last_click_ts``) and the row's timestamp.
+
+A candidate with no category (null) gets NaN category features; a category
+never seen in training gets zero counts, which is the truth: no history item
+can have it, since history categories come from the same lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recflow.training.features import ITEM_ID, TIMESTAMP
+
+HISTORY_COLUMN = "user_recent_item_ids"
+CATEGORY_COLUMN = "item_category"
+ITEM_CREATED_COLUMN = "item_created_ts"
+LAST_CLICK_COLUMN = "user_last_click_ts"
+
+CROSS_FEATURES = (
+    "cross_history_category_count",
+    "cross_history_category_fraction",
+    "cross_category_in_history",
+    "cross_last_item_same_category",
+    "cross_log_item_age_hours",
+    "cross_log_hours_since_last_click",
+)
+
+
+def to_arrow(column: pd.Series | Sequence) -> pa.Array:
+    """One contiguous Arrow array for a pandas column of any backend (NaN -> null)."""
+    array = pa.array(column, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array
+
+
+def to_strings(column: pd.Series | Sequence) -> pa.Array:
+    array = to_arrow(column)
+    if pa.types.is_null(array.type):
+        return pa.nulls(len(array), pa.large_string())
+    return array.cast(pa.large_string())
+
+
+class CategoryLookup:
+    """Item id -> category, frozen at training time and saved with the ranker.
+
+    Held as Arrow arrays so a lookup of many ids is one ``index_in`` kernel
+    call. Items are kept sorted by id, so the saved form is deterministic.
+    """
+
+    def __init__(self, mapping: Mapping[str, str | None]) -> None:
+        normalised = {str(item): category for item, category in mapping.items()}
+        items = sorted(normalised)
+        categories = [normalised[item] for item in items]
+        categories = [None if _is_missing(c) else str(c) for c in categories]
+        self.item_ids: list[str] = items
+        self.categories: list[str | None] = categories
+        self.category_names: list[str] = sorted({c for c in categories if c is not None})
+        self._items = pa.array(items, pa.large_string())
+        self._category_vocab = pa.array(self.category_names, pa.large_string())
+        codes = self.category_codes(pa.array(categories, pa.large_string()))
+        # Position len(items) is the "not in the lookup" slot: category code -1.
+        self._item_codes = np.append(codes, -1)
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, item_column: str = ITEM_ID, category_column: str = CATEGORY_COLUMN
+    ) -> CategoryLookup:
+        """Each item's most frequent non-null category in `frame` (ties: the smallest name)."""
+        pairs = pd.DataFrame(
+            {
+                "item": to_strings(frame[item_column]).to_pandas(),
+                "category": to_strings(frame[category_column]).to_pandas(),
+            }
+        ).dropna()
+        counts = pairs.value_counts().reset_index(name="n")
+        counts = counts.sort_values(["item", "n", "category"], ascending=[True, False, True], kind="stable")
+        first = counts.drop_duplicates("item")
+        return cls(dict(zip(first["item"], first["category"])))
+
+    def merged(self, other: Mapping[str, str | None]) -> CategoryLookup:
+        """A lookup with `other`'s entries added (they win over this one's)."""
+        mapping = dict(zip(self.item_ids, self.categories))
+        mapping.update({str(k): v for k, v in other.items()})
+        return CategoryLookup(mapping)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def to_dict(self) -> dict[str, list]:
+        return {"item_ids": self.item_ids, "categories": self.categories}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, list]) -> CategoryLookup:
+        return cls(dict(zip(state["item_ids"], state["categories"])))
+
+    def category_codes(self, categories: pa.Array) -> np.ndarray:
+        """Index of each category in :attr:`category_names`; -1 for null or unseen."""
+        positions = pc.index_in(categories, value_set=self._category_vocab)
+        return pc.fill_null(positions, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def item_category_codes(self, item_ids: pa.Array) -> np.ndarray:
+        """Category code of each item id; -1 for items not in the lookup or without a category."""
+        positions = pc.index_in(item_ids, value_set=self._items)
+        positions = pc.fill_null(positions, len(self.item_ids)).to_numpy(zero_copy_only=False)
+        return self._item_codes[positions]
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def float_values(column: pd.Series) -> np.ndarray:
+    """float64 values of a numeric/bool column, NaN for nulls, whatever its pandas backend.
+
+    Plain numpy columns take the fast path (a cast, no null handling needed):
+    pandas' ``to_numpy(na_value=...)`` costs more than the rest of a small request.
+    """
+    dtype = column.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        return column.to_numpy().astype(np.float64, copy=False)
+    if dtype.kind in "biuf":  # nullable or Arrow-backed numbers
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    array = to_arrow(column)
+    if pa.types.is_null(array.type):
+        return np.full(len(array), np.nan)
+    return array.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+
+
+def _epoch_seconds(column: pd.Series) -> np.ndarray:
+    """float64 epoch seconds of a timestamp or numeric (epoch seconds) column; NaN for nulls."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) or dtype.kind == "M":
+        ticks = column.to_numpy(dtype="datetime64[ns]").view(np.int64)
+        values = ticks.astype(np.float64) / 1e9
+        values[ticks == np.iinfo(np.int64).min] = np.nan  # NaT
+        return values
+    array = None if dtype.kind in "biuf" else to_arrow(column)
+    if array is not None and pa.types.is_timestamp(array.type):  # Arrow-backed timestamps
+        scale = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[array.type.unit]
+        ticks = array.cast(pa.int64())
+        values = pc.fill_null(ticks, 0).to_numpy(zero_copy_only=False).astype(np.float64) / scale
+        values[ticks.is_null().to_numpy(zero_copy_only=False)] = np.nan
+        return values
+    return float_values(column)
+
+
+def _log_hours(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    hours = np.maximum(later - earlier, 0.0) / 3600.0  # NaN stays NaN
+    return np.log1p(hours)
+
+
+def cross_features(
+    frame: pd.DataFrame,
+    item_categories: CategoryLookup | Mapping[str, str | None],
+    *,
+    max_history: int | None = None,
+    history_column: str = HISTORY_COLUMN,
+    category_column: str = CATEGORY_COLUMN,
+) -> pd.DataFrame:
+    """The :data:`CROSS_FEATURES` of every row of `frame` (see the module docstring).
+
+    `item_categories` maps history item ids to categories (pass the ranker's
+    frozen lookup, ``ranker.item_categories``, so serving matches training);
+    `max_history` keeps only each history's most recent items, as the model
+    does. The candidate's category is read from `category_column`, or looked
+    up by `item_id` when the frame has no such column. Vectorised: one Arrow
+    lookup over the flattened histories of all rows, then numpy.
+    """
+    lookup = item_categories if isinstance(item_categories, CategoryLookup) else CategoryLookup(item_categories)
+    arrays = cross_feature_arrays(
+        frame, lookup, max_history=max_history, history_column=history_column, category_column=category_column
+    )
+    return pd.DataFrame(arrays, index=frame.index)
+
+
+def cross_feature_arrays(
+    frame: pd.DataFrame,
+    lookup: CategoryLookup,
+    *,
+    max_history: int | None = None,
+    history_column: str = HISTORY_COLUMN,
+    category_column: str = CATEGORY_COLUMN,
+) -> dict[str, np.ndarray]:
+    """:func:`cross_features` as a dict of float64 arrays (the ranker's scoring path: no DataFrame)."""
+    n = len(frame)
+    out = {name: np.full(n, np.nan) for name in CROSS_FEATURES}
+
+    if category_column in frame.columns:
+        raw_categories = to_strings(frame[category_column])
+        candidate = lookup.category_codes(raw_categories)
+        candidate_null = raw_categories.is_null().to_numpy(zero_copy_only=False)
+    elif ITEM_ID in frame.columns:
+        candidate = lookup.item_category_codes(to_strings(frame[ITEM_ID]))
+        candidate_null = candidate < 0
+    else:
+        candidate, candidate_null = np.full(n, -1), np.ones(n, dtype=bool)
+
+    if history_column in frame.columns and n:
+        lists = to_arrow(frame[history_column])
+        if pa.types.is_null(lists.type):
+            lists = pa.nulls(n, pa.list_(pa.large_string()))
+        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat_codes = lookup.item_category_codes(to_strings(lists.flatten()))
+        rows = np.repeat(np.arange(n), lengths)
+        ends = np.cumsum(lengths)
+        has_history = lengths > 0
+        last_codes = np.full(n, -1)
+        last_codes[has_history] = flat_codes[ends[has_history] - 1]  # newest item of each row
+        if max_history is not None:
+            position_from_end = np.repeat(ends, lengths) - np.arange(len(flat_codes))  # 1 = newest
+            kept = position_from_end <= max_history
+            rows, flat_codes = rows[kept], flat_codes[kept]
+        known = flat_codes >= 0
+        match = known & (flat_codes == candidate[rows])
+        count = np.bincount(rows[match], minlength=n).astype(np.float64)
+        known_count = np.bincount(rows[known], minlength=n).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fraction = np.where(known_count > 0, count / np.maximum(known_count, 1.0), np.nan)
+        valid = ~candidate_null
+        out["cross_history_category_count"] = np.where(valid, count, np.nan)
+        out["cross_history_category_fraction"] = np.where(valid, fraction, np.nan)
+        out["cross_category_in_history"] = np.where(valid, (count > 0).astype(np.float64), np.nan)
+        same_last = ((last_codes >= 0) & (last_codes == candidate)).astype(np.float64)
+        out["cross_last_item_same_category"] = np.where(valid, same_last, np.nan)
+
+    if TIMESTAMP in frame.columns:
+        now = _epoch_seconds(frame[TIMESTAMP])
+        if ITEM_CREATED_COLUMN in frame.columns:
+            out["cross_log_item_age_hours"] = _log_hours(now, _epoch_seconds(frame[ITEM_CREATED_COLUMN]))
+        if LAST_CLICK_COLUMN in frame.columns:
+            out["cross_log_hours_since_last_click"] = _log_hours(now, _epoch_seconds(frame[LAST_CLICK_COLUMN]))
+    return out

@@ -1,0 +1,345 @@
+"""The re-ranking stage: business rules and diversity on top of the ranker's scores.
+
+Given one user's (or many users') scored candidates, :func:`rerank` returns the
+final top k:
+
+1. **Filters.** Items the user has seen (when ``exclude_seen``), blocked items,
+   items of blocked categories, items younger than ``min_item_age_hours`` and
+   candidates with a NaN score are dropped; they are never returned. A
+   candidate listed twice for the same user keeps its highest score.
+2. **Relevance.** Scores are min-max normalised per user over the remaining
+   candidates (all equal -> 1.0), so the MMR trade-off means the same thing
+   whatever the ranker's scale (logits, probabilities). Boosts are added to
+   this normalised relevance: ``boost_categories[c]`` (0.1 = a tenth of the
+   user's score range) and ``freshness_boost * 0.5 ** (age_hours /
+   freshness_half_life_hours)`` when candidate ages are given.
+3. **MMR.** Greedily pick ``argmax λ·relevance − (1−λ)·redundancy`` where
+   redundancy is the maximum (``redundancy="max"``, classic MMR) or the mean
+   (``"mean"``) similarity to the items already picked, 0 for the first pick.
+   Similarity is 1 for the same category and 0 otherwise (an item without a
+   category resembles nothing), or the cosine of the candidates' embeddings
+   with ``diversity="embedding"``. Items of a category that already holds
+   ``max_per_category`` picks are skipped (a list may then be shorter than k).
+   Ties go to the higher boosted relevance, then the higher raw score, then
+   the smaller item id: results are deterministic and independent of the
+   input order.
+
+With λ=1 the result is the filtered list sorted by score (plus boosts). With
+λ=0 and max redundancy the first picks cover every category once, each time
+the most relevant item of a new category, after which every item is equally
+redundant and relevance decides; ``redundancy="mean"`` keeps rotating through
+the categories instead (the least represented category goes next).
+
+The returned score of each item is its input score (the ranker's), not the
+MMR objective: the order carries the re-ranking.
+
+:func:`rerank_batch` runs the same greedy selection for many users at once
+(numpy over a [users, candidates] matrix, k steps); :func:`rerank` is the
+one-user call of the same code, so both give identical lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+SCORE = "score"
+CATEGORY = "category"
+AGE_HOURS = "age_hours"
+RANK = "rank"
+
+
+class RerankConfig(BaseModel):
+    """Re-ranking rules; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # 1: pure relevance; 0: pure diversity.
+    mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)
+    # Similarity between two candidates: same category, or embedding cosine.
+    diversity: Literal["category", "embedding"] = "category"
+    # Redundancy of a candidate: max (classic MMR) or mean similarity to the picks.
+    redundancy: Literal["max", "mean"] = "max"
+    max_per_category: int | None = Field(default=None, ge=1)
+    exclude_seen: bool = True
+    blocked_items: set[str] = set()
+    blocked_categories: set[str] = set()
+    # Added to the min-max normalised relevance of the category's items.
+    boost_categories: dict[str, float] = {}
+    # Items younger than this are dropped (e.g. not yet moderated); unknown ages pass.
+    min_item_age_hours: float | None = Field(default=None, ge=0.0)
+    # Added to relevance as freshness_boost * 0.5 ** (age / half life); unknown ages get 0.
+    freshness_boost: float = Field(default=0.0, ge=0.0)
+    freshness_half_life_hours: float = Field(default=24.0, gt=0.0)
+
+
+def _column(candidates, name: str, required: bool = True):
+    if isinstance(candidates, pd.DataFrame):
+        if name in candidates.columns:
+            return candidates[name].to_numpy()
+    elif name in candidates:
+        return np.asarray(candidates[name])
+    if name == CATEGORY:  # the Feast name of the candidate's category
+        return _column(candidates, "item_category", required)
+    if required:
+        raise ValueError(f"candidates have no {name!r} column")
+    return None
+
+
+def _category_codes(categories: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes with -1 for missing, the category names): codes index the sorted names."""
+    if categories is None:
+        return np.full(n, -1, dtype=np.int64), np.empty(0, dtype=object)
+    codes, names = pd.factorize(pd.Series(categories, dtype=object), sort=True)
+    return codes.astype(np.int64), np.asarray(names, dtype=object)
+
+
+def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return np.divide(embeddings, norms, out=np.zeros_like(embeddings), where=norms > 0)
+
+
+def _relevance(
+    scores: np.ndarray, valid: np.ndarray, codes: np.ndarray, names: np.ndarray, ages: np.ndarray | None, config
+) -> np.ndarray:
+    """[U, C] min-max normalised scores per user row, plus boosts; 0 where invalid (masked later)."""
+    low = np.where(valid, scores, np.inf).min(axis=1, keepdims=True)
+    high = np.where(valid, scores, -np.inf).max(axis=1, keepdims=True)
+    span = high - low
+    with np.errstate(invalid="ignore"):
+        relevance = np.where(span > 0, (scores - low) / np.where(span > 0, span, 1.0), 1.0)
+    if config.boost_categories and len(names):
+        boosts = np.array([config.boost_categories.get(str(name), 0.0) for name in names] + [0.0])
+        relevance = relevance + boosts[codes]  # code -1 picks the trailing 0
+    if config.freshness_boost and ages is not None:
+        freshness = np.where(np.isnan(ages), 0.0, 0.5 ** (np.maximum(ages, 0.0) / config.freshness_half_life_hours))
+        relevance = relevance + config.freshness_boost * freshness
+    return np.where(valid, relevance, 0.0)
+
+
+def _greedy_mmr(
+    relevance: np.ndarray,
+    scores: np.ndarray,
+    codes: np.ndarray,
+    valid: np.ndarray,
+    vectors: np.ndarray | None,
+    k: int,
+    config: RerankConfig,
+    num_categories: int,
+) -> np.ndarray:
+    """[U, k] column indices picked per user row, -1 once a row has nothing left.
+
+    Columns are sorted by item id within each row, so the first of several
+    exact ties (``argmax``) is the smallest id.
+    """
+    users, width = relevance.shape
+    lam = config.mmr_lambda
+    picks = np.full((users, k), -1, dtype=np.int64)
+    available = valid.copy()
+    redundancy_max = np.zeros((users, width))
+    redundancy_sum = np.zeros((users, width))
+    per_category = np.zeros((users, num_categories + 1), dtype=np.int64)  # last column: no category
+    rows = np.arange(users)
+    known = codes >= 0
+    for step in range(min(k, width)):
+        allowed = available
+        if config.max_per_category is not None and num_categories:
+            full = np.take_along_axis(per_category, np.where(known, codes, num_categories), axis=1)
+            allowed = available & ~(known & (full >= config.max_per_category))
+        if not allowed.any():
+            break
+        if step == 0:
+            redundancy = redundancy_max
+        elif config.redundancy == "max":
+            redundancy = redundancy_max
+        else:
+            redundancy = redundancy_sum / step
+        objective = np.where(allowed, lam * relevance - (1.0 - lam) * redundancy, -np.inf)
+        # Lexicographic argmax: objective, then relevance, then raw score, then column (item id).
+        best = objective.max(axis=1, keepdims=True)
+        tied = allowed & (objective == best)
+        for key in (relevance, scores):
+            masked = np.where(tied, key, -np.inf)
+            tied &= masked == masked.max(axis=1, keepdims=True)
+        choice = tied.argmax(axis=1)
+        has_choice = tied.any(axis=1)
+        picks[has_choice, step] = choice[has_choice]
+        active = rows[has_choice]
+        chosen = choice[has_choice]
+        available[active, chosen] = False
+        chosen_codes = codes[active, chosen]
+        per_category[active, np.where(chosen_codes >= 0, chosen_codes, num_categories)] += 1
+        if vectors is not None:
+            similarity = np.einsum("ucd,ud->uc", vectors[active], vectors[active, chosen])
+        else:
+            similarity = ((codes[active] == chosen_codes[:, None]) & (chosen_codes[:, None] >= 0)).astype(np.float64)
+        redundancy_max[active] = np.maximum(redundancy_max[active], similarity)
+        redundancy_sum[active] += similarity
+        if step == 0:
+            # Before the first pick nothing is redundant; afterwards a max starts from the true value.
+            redundancy_max[active] = similarity
+    return picks
+
+
+def _prepare_config(config: RerankConfig | None, embeddings) -> RerankConfig:
+    config = config or RerankConfig()
+    if config.diversity == "embedding" and embeddings is None:
+        raise ValueError("diversity='embedding' needs candidate embeddings")
+    return config
+
+
+def rerank_batch(
+    candidates: pd.DataFrame,
+    k: int,
+    seen: Mapping[str, Collection[str]] | None = None,
+    config: RerankConfig | None = None,
+    embeddings: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Re-rank many users' candidates at once.
+
+    `candidates` has one row per (user, candidate): ``user_id``, ``item_id``,
+    ``score`` and optionally ``category`` (or ``item_category``) and
+    ``age_hours``; `embeddings` is an optional [len(candidates), d] array
+    row-aligned with it. `seen` maps a user to the items they already
+    interacted with. Returns ``user_id, item_id, score, rank`` (rank 1 = top),
+    users in order of first appearance.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    config = _prepare_config(config, embeddings)
+    n = len(candidates)
+    users = np.asarray(candidates[USER_ID].to_numpy(), dtype=object).astype(str) if n else np.empty(0, str)
+    items = np.asarray(_column(candidates, ITEM_ID), dtype=object).astype(str) if n else np.empty(0, str)
+    scores = np.asarray(_column(candidates, SCORE), dtype=np.float64)
+    raw_categories = _column(candidates, CATEGORY, required=False)
+    ages = _column(candidates, AGE_HOURS, required=False)
+    ages = None if ages is None else np.asarray(ages, dtype=np.float64)
+
+    keep = _filters(items, scores, raw_categories, ages, config)
+    if config.exclude_seen and seen and n:
+        pairs = [(str(user), str(item)) for user, user_items in seen.items() for item in user_items]
+        if pairs:
+            seen_index = pd.MultiIndex.from_tuples(pairs)
+            keep &= ~pd.MultiIndex.from_arrays([users, items]).isin(seen_index)
+    user_codes, user_names = pd.factorize(users, sort=False)
+    rows = _select(
+        user_codes[keep], items[keep], scores[keep],
+        None if raw_categories is None else raw_categories[keep],
+        None if ages is None else ages[keep],
+        None if embeddings is None else np.asarray(embeddings, dtype=np.float64)[keep],
+        len(user_names), k, config,
+    )  # fmt: skip
+    kept_index = np.flatnonzero(keep)
+    picked_users, picked_rows, ranks = rows
+    source = kept_index[picked_rows]
+    return pd.DataFrame(
+        {
+            USER_ID: user_names[picked_users] if len(picked_users) else np.empty(0, dtype=object),
+            ITEM_ID: items[source],
+            SCORE: scores[source],
+            RANK: ranks,
+        }
+    )
+
+
+def rerank(
+    candidates: pd.DataFrame | Mapping[str, Sequence],
+    k: int,
+    seen: Collection[str] = (),
+    config: RerankConfig | None = None,
+    embeddings: np.ndarray | None = None,
+) -> list[tuple[str, float]]:
+    """One user's final list: ``[(item_id, score), ...]``, best first, at most k.
+
+    `candidates`: a DataFrame or a mapping of equal-length columns ``item_id``,
+    ``score`` and optionally ``category`` (or ``item_category``) and
+    ``age_hours``; `embeddings` an optional row-aligned [n, d] array.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    config = _prepare_config(config, embeddings)
+    items = np.asarray(_column(candidates, ITEM_ID), dtype=object).astype(str)
+    scores = np.asarray(_column(candidates, SCORE), dtype=np.float64)
+    raw_categories = _column(candidates, CATEGORY, required=False)
+    ages = _column(candidates, AGE_HOURS, required=False)
+    ages = None if ages is None else np.asarray(ages, dtype=np.float64)
+    keep = _filters(items, scores, raw_categories, ages, config)
+    if config.exclude_seen and seen:
+        keep &= ~np.isin(items, np.asarray(list(seen), dtype=object).astype(str))
+    _, picked_rows, _ = _select(
+        np.zeros(int(keep.sum()), dtype=np.int64), items[keep], scores[keep],
+        None if raw_categories is None else raw_categories[keep],
+        None if ages is None else ages[keep],
+        None if embeddings is None else np.asarray(embeddings, dtype=np.float64)[keep],
+        1, k, config,
+    )  # fmt: skip
+    kept_items, kept_scores = items[keep], scores[keep]
+    return [(str(kept_items[i]), float(kept_scores[i])) for i in picked_rows]
+
+
+def _filters(
+    items: np.ndarray, scores: np.ndarray, categories, ages: np.ndarray | None, config: RerankConfig
+) -> np.ndarray:
+    """Rows that survive the business rules (seen items are handled by the callers)."""
+    keep = ~np.isnan(scores)
+    if config.blocked_items:
+        keep &= ~np.isin(items, np.array(sorted(config.blocked_items), dtype=object).astype(str))
+    if config.blocked_categories and categories is not None:
+        keep &= ~pd.Series(categories, dtype=object).isin(config.blocked_categories).to_numpy()
+    if config.min_item_age_hours is not None and ages is not None:
+        keep &= ~(ages < config.min_item_age_hours)  # NaN (unknown) passes
+    return keep
+
+
+def _select(
+    user_codes: np.ndarray,
+    items: np.ndarray,
+    scores: np.ndarray,
+    categories,
+    ages: np.ndarray | None,
+    embeddings: np.ndarray | None,
+    num_users: int,
+    k: int,
+    config: RerankConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user code, row index into the given arrays, rank) of every pick, users ascending, rank ascending."""
+    n = len(items)
+    empty = np.empty(0, dtype=np.int64)
+    if n == 0:
+        return empty, empty, empty
+    # Sort by (user, item id, score descending); the first row of each (user, item) is its best score.
+    item_codes = pd.factorize(items, sort=True)[0]
+    order = np.lexsort((-scores, item_codes, user_codes))
+    first = np.ones(n, dtype=bool)
+    first[1:] = (user_codes[order][1:] != user_codes[order][:-1]) | (item_codes[order][1:] != item_codes[order][:-1])
+    order = order[first]
+
+    group = user_codes[order]
+    counts = np.bincount(group, minlength=num_users)
+    width = int(counts.max())
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    column = np.arange(len(order)) - starts[group]
+    source = np.full((num_users, width), -1, dtype=np.int64)
+    source[group, column] = order
+    valid = source >= 0
+    take = np.where(valid, source, 0)
+
+    codes, names = _category_codes(categories, n)
+    padded_scores = np.where(valid, scores[take], -np.inf)
+    padded_codes = np.where(valid, codes[take], -1)
+    padded_ages = None if ages is None else np.where(valid, ages[take], np.nan)
+    relevance = _relevance(padded_scores, valid, padded_codes, names, padded_ages, config)
+    vectors = None
+    if config.diversity == "embedding":
+        assert embeddings is not None  # checked by _prepare_config
+        vectors = _unit_rows(embeddings)[take] * valid[:, :, None]
+    picks = _greedy_mmr(relevance, padded_scores, padded_codes, valid, vectors, k, config, len(names))
+
+    users, ranks = np.nonzero(picks >= 0)
+    return users, source[users, picks[users, ranks]], ranks + 1
