@@ -1,7 +1,8 @@
 """The recflow training pipeline (KFP v2).
 
 validate data -> compute features -> feast apply + materialize -> training set
--> train (torchrun) -> evaluate + gate -> if blessed, export the bundle.
+-> train the two-tower retrieval model (torchrun) -> ranking set -> train the
+ranker -> evaluate the stack + gate -> if blessed, export the bundle.
 
 Run locally with ``recflow pipeline run`` (``kfp.local``); ``recflow pipeline
 compile`` writes ``pipelines/training_pipeline.yaml``, the file to upload in
@@ -11,6 +12,7 @@ defaults and meaning live in :mod:`recflow.pipeline.parameters`.
 
 from kfp import dsl
 
+from components.build_ranking_set.component import build_ranking_set
 from components.build_training_set.component import build_training_set
 from components.compute_features.component import compute_features
 from components.evaluate_model.component import evaluate_model
@@ -19,6 +21,7 @@ from components.ingest_data.component import ingest_data
 from components.materialize_features.component import materialize_features
 from components.split_events.component import split_events
 from components.train_model.component import train_model
+from components.train_ranker.component import train_ranker
 from components.validate_data.component import validate_data
 
 from recflow.pipeline.parameters import DEFAULTS
@@ -34,6 +37,8 @@ def training_pipeline(
     start_date: str = DEFAULTS.start_date,
     end_date: str = DEFAULTS.end_date,
     feature_service: str = DEFAULTS.feature_service,
+    ranking_feature_service: str = DEFAULTS.ranking_feature_service,
+    ranker_epochs: int = DEFAULTS.ranker_epochs,
     negatives: str = DEFAULTS.negatives,
     negatives_per_positive: float = DEFAULTS.negatives_per_positive,
     epochs: int = DEFAULTS.epochs,
@@ -76,8 +81,22 @@ def training_pipeline(
         nproc_per_node=nproc_per_node,
         seed=seed,
     )
+    ranking_set = build_ranking_set(
+        dataset=validate.outputs["dataset"],
+        split=split.outputs["split"],
+        online=online.outputs["online"],
+        model=train.outputs["model"],
+        workspace=workspace,
+        feature_service=ranking_feature_service,
+        negatives_per_positive=negatives_per_positive,
+        seed=seed,
+    )
+    ranker = train_ranker(
+        ranking_set=ranking_set.outputs["ranking_set"], dataset=validate.outputs["dataset"], epochs=ranker_epochs, seed=seed
+    )
     evaluate = evaluate_model(
         model=train.outputs["model"],
+        ranker=ranker.outputs["ranker"],
         dataset=validate.outputs["dataset"],
         split=split.outputs["split"],
         workspace=workspace,
@@ -87,6 +106,7 @@ def training_pipeline(
     with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition, not a Python bool)
         export_bundle(
             model=train.outputs["model"],
+            ranker=ranker.outputs["ranker"],
             evaluation=evaluate.outputs["evaluation"],
             dataset=validate.outputs["dataset"],
             workspace=workspace,

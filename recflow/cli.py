@@ -147,15 +147,25 @@ def cmd_step(args: argparse.Namespace) -> int:
 
         config = TrainingSetConfig.model_validate_json(args.config) if args.config else TrainingSetConfig()
         result = steps.training_set(args.dataset, args.split, args.workspace, args.out, config)
+    elif name == "ranking-set":
+        from recflow.features.training_set import TrainingSetConfig
+
+        config = TrainingSetConfig.model_validate_json(args.config) if args.config else TrainingSetConfig(feature_service="ranking_v1")
+        result = steps.ranking_set(args.dataset, args.split, args.workspace, args.model, args.out, config)
+    elif name == "train-ranker":
+        from recflow.ranking.model import RankerConfig
+
+        config = RankerConfig.model_validate_json(args.config) if args.config else RankerConfig()
+        result = steps.train_ranker(args.ranking_set, args.dataset, args.out, config)
     elif name == "evaluate":
         from recflow.evaluation.gate import GateConfig
         from recflow.pipeline.parameters import DEFAULT_GATE
 
         gate = GateConfig.model_validate_json(args.gate or DEFAULT_GATE)
-        result = steps.evaluate(args.model, args.dataset, args.split, args.workspace, args.out, gate, k=args.k)
+        result = steps.evaluate(args.model, args.ranker, args.dataset, args.split, args.workspace, args.out, gate, k=args.k)
         result = {"decision": result["decision"], "metrics": {n: r["metrics"] for n, r in result["results"].items()}}
     elif name == "export":
-        result = steps.export_bundle(args.model, args.evaluation, args.dataset, args.workspace, args.out)
+        result = steps.export_bundle(args.model, args.ranker, args.evaluation, args.dataset, args.workspace, args.out)
     else:  # argparse restricts the choices
         raise AssertionError(name)
     _print_json(result)
@@ -263,8 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     training_set.add_argument("out")
     training_set.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     training_set.add_argument("--config", help="TrainingSetConfig as JSON")
-    evaluate = step.add_parser("evaluate", help="score model, baseline, blessed model, oracle; decide the blessing")
+    ranking_set = step.add_parser("ranking-set", help="the ranker's rows, with the retrieval score")
+    ranking_set.add_argument("dataset")
+    ranking_set.add_argument("split")
+    ranking_set.add_argument("model", help="the trained two-tower model directory")
+    ranking_set.add_argument("out")
+    ranking_set.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    ranking_set.add_argument("--config", help="TrainingSetConfig as JSON (default: feature service ranking_v1)")
+    ranker = step.add_parser("train-ranker", help="train the DCN-v2 ranker on a ranking set")
+    ranker.add_argument("ranking_set")
+    ranker.add_argument("dataset")
+    ranker.add_argument("out")
+    ranker.add_argument("--config", help="RankerConfig as JSON")
+    evaluate = step.add_parser("evaluate", help="score the stack, baseline, blessed stack, oracle; decide the blessing")
     evaluate.add_argument("model")
+    evaluate.add_argument("ranker")
     evaluate.add_argument("dataset")
     evaluate.add_argument("split")
     evaluate.add_argument("out")
@@ -273,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gate", help="GateConfig as JSON (default: the pipeline's)")
     export = step.add_parser("export", help="write and register the bundle of a blessed model")
     export.add_argument("model")
+    export.add_argument("ranker")
     export.add_argument("evaluation")
     export.add_argument("dataset")
     export.add_argument("out")

@@ -7,6 +7,7 @@ from components import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def evaluate_model(
     model: Input[Model],
+    ranker: Input[Model],
     dataset: Input[Dataset],
     split: Input[Dataset],
     workspace: str,
@@ -17,7 +18,7 @@ def evaluate_model(
     summary: Output[Markdown],
     evaluation: Output[Artifact],
 ) -> bool:
-    """Score model, popularity baseline, last blessed model and (synthetic world) oracle; decide the blessing.
+    """Score the stack, popularity baseline, last blessed stack and (synthetic world) oracle; decide the blessing.
 
     Returns whether the gate blessed the model. A plain ``bool`` return (output
     ``Output``) rather than a named output: kfp.local 2.17 cannot resolve a
@@ -29,10 +30,14 @@ def evaluate_model(
     from recflow.evaluation.gate import GateConfig
     from recflow.pipeline import steps
 
-    result = steps.evaluate(model.path, dataset.path, split.path, workspace, evaluation.path, GateConfig.model_validate_json(gate), k=k)
+    result = steps.evaluate(
+        model.path, ranker.path, dataset.path, split.path, workspace, evaluation.path, GateConfig.model_validate_json(gate), k=k
+    )
     for recommender, outcome in result["results"].items():
         for name, value in outcome["metrics"].items():
             metrics.log_metric(f"{recommender}/{name}", value)
+    for name, value in result["retrieval"].items():
+        metrics.log_metric(f"retrieval/{name}", value)
     shutil.copyfile(os.path.join(evaluation.path, "report.html"), report.path)
     shutil.copyfile(os.path.join(evaluation.path, "report.md"), summary.path)
     blessed = bool(result["decision"]["blessed"])

@@ -6,10 +6,15 @@ from components import PIPELINE_IMAGE
 
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def export_bundle(
-    model: Input[Model], evaluation: Input[Artifact], dataset: Input[Dataset], workspace: str, bundle: Output[Model]
+    model: Input[Model],
+    ranker: Input[Model],
+    evaluation: Input[Artifact],
+    dataset: Input[Dataset],
+    workspace: str,
+    bundle: Output[Model],
 ):
-    """Write the serving bundle (weights, item vectors, item snapshot, model card) and register it as blessed."""
+    """Write the serving bundle (models, ANN index, item snapshot, stack config, model card); register it as blessed."""
     from recflow.pipeline import steps
 
-    result = steps.export_bundle(model.path, evaluation.path, dataset.path, workspace, bundle.path)
+    result = steps.export_bundle(model.path, ranker.path, evaluation.path, dataset.path, workspace, bundle.path)
     bundle.metadata.update(result)

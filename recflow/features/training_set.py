@@ -172,3 +172,19 @@ def entity_features_as_of(store, service_name: str, entity: str, ids: list[str],
     features = {name: dtype for name, dtype in service_features(store, service_name).items() if name in joined}
     ordered = joined.set_index(key).loc[list(ids)].reset_index()
     return fill_missing(ordered, features).drop(columns=["event_timestamp"])
+
+
+def on_demand_transforms(store, service_name: str) -> list:
+    """The service's on-demand feature transformations, as functions of a frame.
+
+    Offline, Feast computes them inside the point-in-time join; where user and
+    item features meet outside Feast (the ranking stage scoring candidates from
+    the item snapshot), the same registered transformations are applied.
+    """
+    service = store.get_feature_service(service_name)
+    on_demand = {view.name: view for view in store.list_on_demand_feature_views()}
+    return [
+        on_demand[projection.name].feature_transformation.transform
+        for projection in service.feature_view_projections
+        if projection.name in on_demand
+    ]

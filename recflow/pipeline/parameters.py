@@ -29,7 +29,9 @@ class PipelineParameters(BaseModel):
     test_days: int = Field(3, ge=1, description="days held out by the time protocol")
     start_date: str = Field("", description="first day used (ISO date; empty: all)")
     end_date: str = Field("", description="last day used (ISO date; empty: all)")
-    feature_service: str = "retrieval_v1"
+    feature_service: str = Field("retrieval_v1", description="feature service of the retrieval (two-tower) model")
+    ranking_feature_service: str = Field("ranking_v1", description="feature service of the ranker (and of serving)")
+    ranker_epochs: int = Field(3, ge=1)
     negatives: Literal["random", "impressions"] = "random"
     negatives_per_positive: float = Field(4.0, gt=0)
     epochs: int = Field(2, ge=1)

@@ -39,7 +39,12 @@ def code_version() -> dict[str, str]:
 
 
 def build_model_card(
-    bundle: Path, evaluation: dict[str, Any], manifest: dict[str, Any], model_info: dict[str, Any], snapshot_at: pd.Timestamp
+    bundle: Path,
+    evaluation: dict[str, Any],
+    manifest: dict[str, Any],
+    feature_service: str,
+    training: dict[str, Any],
+    snapshot_at: pd.Timestamp,
 ) -> dict[str, Any]:
     weights = (bundle / "model" / "model.pt").read_bytes()
     created = dt.datetime.now(dt.timezone.utc)
@@ -47,13 +52,16 @@ def build_model_card(
         "name": "recommender",
         "version": f"{created:%Y%m%d-%H%M%S}-{hashlib.sha256(weights).hexdigest()[:8]}",
         "created_at": created.isoformat(),
-        "model": "two-tower (user/item towers over feature-service features, dot-product scoring)",
-        "feature_service": model_info["feature_service"],
+        "model": "retrieval: two-tower over an ANN index -> ranking: DCN-v2 -> re-ranking: MMR and filters",
+        "feature_service": feature_service,
         "metrics": {name: result["metrics"] for name, result in evaluation["results"].items()},
         "k": evaluation["k"],
         "evaluation": evaluation["context"],
         "data": {key: manifest.get(key) for key in ("source", "scale", "seed", "format", "start", "end", "num_events", "num_users", "num_items")},
-        "training_set": model_info["training_set"],
+        "training": training,
+        "retrieval": evaluation["retrieval"],
+        "stages": evaluation["stages"],
+        "stack": evaluation["stack"],
         "item_snapshot_at": snapshot_at.isoformat(),
         "code_version": code_version(),
         "parent_model": evaluation["parent_model"],

@@ -250,17 +250,74 @@ def train(training_set_dir: str | Path, model_dir: str | Path, config, nproc_per
     return metrics
 
 
+RANKING_SET_FILE = "ranking_set.parquet"
+RANKER_INFO = "ranker_info.json"
+
+
+def ranking_set(
+    dataset_dir: str | Path,
+    split_dir: str | Path,
+    workspace: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainingSetConfig,
+) -> dict[str, Any]:
+    """The ranker's training set: labelled rows with the ranking feature service and the retrieval score.
+
+    Negatives follow ``config.negatives`` (random catalogue items by default:
+    the ranker orders retrieval's candidates, which are catalogue items, not
+    logged exposures); the retrieval score of each row comes from the trained
+    two-tower model, as it will at serving time.
+    """
+    from recflow.training.inference import TrainedModel
+
+    feature_store = store.get_store(feature_repo(workspace))
+    train = pd.read_parquet(Path(split_dir) / SPLIT_FILES["train"])
+    catalog = Dataset(Path(dataset_dir)).read_items()["item_id"].to_numpy()
+    frame = build_training_set(feature_store, train, catalog, config)
+    retrieval = TrainedModel.load(model_dir)
+    item_vectors, item_bias = retrieval.item_vectors(frame)
+    frame["retrieval_score"] = (retrieval.user_vectors(frame) * item_vectors).sum(axis=1) + item_bias
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out / RANKING_SET_FILE, index=False)
+    info = {"rows": len(frame), "positives": int(frame["label"].sum()), "negatives": config.negatives, "feature_service": config.feature_service}
+    _write_json(out / TRAINING_SET_INFO, info)
+    return info
+
+
+def train_ranker(ranking_set_dir: str | Path, dataset_dir: str | Path, ranker_dir: str | Path, config) -> dict[str, Any]:
+    """Train the ranking model (one process) on the ranking set; save it with its feature service."""
+    from recflow.ranking.model import train_ranker as fit
+
+    source = Path(ranking_set_dir)
+    frame = pd.read_parquet(source / RANKING_SET_FILE)
+    items = Dataset(Path(dataset_dir)).read_items()
+    ranker, _, metrics = fit(frame, config, item_categories=dict(zip(items["item_id"], items["category"])))
+    out = Path(ranker_dir)
+    ranker.save(out)
+    info = json.loads((source / TRAINING_SET_INFO).read_text())
+    _write_json(out / RANKER_INFO, {"feature_service": info["feature_service"], "ranking_set": info, "metrics": metrics})
+    return metrics
+
+
 def evaluate(
     model_dir: str | Path,
+    ranker_dir: str | Path,
     dataset_dir: str | Path,
     split_dir: str | Path,
     workspace: str | Path,
     out_dir: str | Path,
     gate,
     k: int = 10,
+    stack_config=None,
 ) -> dict[str, Any]:
-    """Score the candidate, the popularity baseline, the last blessed model and (on the
-    synthetic world) the oracle on the same held-out data, then decide the blessing.
+    """Score the candidate stack, the popularity baseline, the last blessed stack and (on
+    the synthetic world) the oracle on the same held-out data, then decide the blessing.
+
+    The candidate is the full stack (retrieval -> ranking -> re-ranking); its
+    retrieval stage alone is scored too (recall@100/200 of the candidates), and
+    a stage report shows what each stage changes.
 
     The last blessed model is re-scored on this run's split rather than trusted
     from its own card: metrics from another split or dataset do not compare.
@@ -268,33 +325,54 @@ def evaluate(
     from recflow.data.world import GroundTruth
     from recflow.evaluation.evaluate import evaluate_recommender
     from recflow.evaluation.gate import decide
-    from recflow.evaluation.recommenders import ModelRecommender, OracleRecommender, PopularityRecommender
+    from recflow.evaluation.recommenders import OracleRecommender, PopularityRecommender
     from recflow.evaluation.report import render_html, render_markdown
-    from recflow.features.training_set import entity_features_as_of
+    from recflow.features.training_set import entity_features_as_of, on_demand_transforms
     from recflow.pipeline.registry import ModelRegistry
-    from recflow.training.inference import TrainedModel
+    from recflow.recommender.stack import StackConfig, StackRecommender, build_stack, load_config
+    from recflow.reranking.report import render_html as stage_html
+    from recflow.reranking.report import render_markdown as stage_markdown
+    from recflow.reranking.report import stage_report
+    from recflow.retrieval.evaluate import IndexRecommender, retrieval_recall
 
+    stack_config = stack_config or StackConfig()
     held_out = load_split(split_dir)
-    service = json.loads((Path(model_dir) / MODEL_INFO).read_text())["feature_service"]
+    # The ranking service is a superset of the retrieval one: one read serves both stages.
+    service = json.loads((Path(ranker_dir) / RANKER_INFO).read_text())["feature_service"]
     catalog = catalog_at(dataset_dir, held_out.cutoff)
     feature_store = store.get_store(feature_repo(workspace))
     users = entity_features_as_of(feature_store, service, "user", sorted(held_out.test["user_id"].unique()), held_out.cutoff)
     items = entity_features_as_of(feature_store, service, "item", list(catalog), held_out.cutoff)
+    transforms = on_demand_transforms(feature_store, service)
 
+    stack = build_stack(Path(model_dir), Path(ranker_dir), items, stack_config, transforms)
+    candidate = StackRecommender(stack, users, held_out.cutoff)
     recommenders: dict[str, Any] = {
-        "model": ModelRecommender(TrainedModel.load(model_dir), users, items),
+        "model": candidate,
         "popularity": PopularityRecommender().fit(held_out.train, catalog),
     }
     registry = ModelRegistry(Path(workspace) / "models")
     blessed = registry.current()
     if blessed is not None and blessed["feature_service"] == service:
-        recommenders["blessed"] = ModelRecommender(TrainedModel.load(Path(blessed["path"]) / "model"), users, items, name="blessed")
+        bundle = Path(blessed["path"])
+        blessed_stack = build_stack(bundle / "model", bundle / "ranker", items, load_config(bundle), transforms)
+        recommenders["blessed"] = StackRecommender(blessed_stack, users, held_out.cutoff, name="blessed")
     ground_truth_dir = Dataset(Path(dataset_dir)).ground_truth_dir
     if ground_truth_dir is not None:
         truth = GroundTruth.load(ground_truth_dir)
         recommenders["oracle"] = OracleRecommender(truth, truth.day_index(held_out.cutoff), catalog)
 
     results = {name: evaluate_recommender(rec, held_out, k, catalog=catalog) for name, rec in recommenders.items()}
+    retrieval = IndexRecommender(stack.index, users["user_id"].tolist(), stack.retrieval.user_vectors(users))
+    recall = retrieval_recall(retrieval, held_out, catalog)
+    # As the evaluation counts them: test positives the user had not already clicked in train.
+    seen = held_out.train[held_out.train["clicked"]].groupby("user_id")["item_id"].agg(set)
+    relevant = {
+        user: items - seen.get(user, set()) for user, items in held_out.test.groupby("user_id")["item_id"].agg(set).items()
+    }
+    stages = stage_report(
+        candidate.stages, dict(zip(items["item_id"], items["item_category"])), k, relevant=relevant, catalog_size=len(catalog)
+    )
     decision = decide(
         results["model"].metrics,
         results["popularity"].metrics,
@@ -306,19 +384,25 @@ def evaluate(
         "feature_service": service,
         "catalog_items": len(catalog),
         "last_blessed": blessed["version"] if blessed else "none (first model: compared with the baseline only)",
+        **{f"retrieval {name}": value for name, value in recall.items() if name != "users"},
         **held_out.summary(),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     title = f"recflow evaluation ({held_out.protocol} split, k={k})"
-    (out / "report.html").write_text(render_html(title, results, decision, context))
-    (out / "report.md").write_text(render_markdown(title, results, decision, context))
+    stage_table = stage_markdown(stages, title="What each stage changes (top-k of the candidate stack)")
+    page = render_html(title, results, decision, context)
+    (out / "report.html").write_text(page.replace("</body>", f"{stage_html(stages, title='What each stage changes')}</body>"))
+    (out / "report.md").write_text(render_markdown(title, results, decision, context) + "\n" + stage_table + "\n")
     evaluation = {
         "k": k,
         "results": {name: result.to_dict() for name, result in results.items()},
         "decision": decision.to_dict(),
         "context": context,
         "parent_model": blessed["version"] if blessed else None,
+        "retrieval": recall,
+        "stages": json.loads(stages.to_json(orient="index")),
+        "stack": stack_config.model_dump(mode="json"),
     }
     _write_json(out / EVALUATION_FILE, evaluation)
     log.info("%s", decision.summary())
@@ -327,6 +411,7 @@ def evaluate(
 
 def export_bundle(
     model_dir: str | Path,
+    ranker_dir: str | Path,
     evaluation_dir: str | Path,
     dataset_dir: str | Path,
     workspace: str | Path,
@@ -334,33 +419,42 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Write the model bundle serving loads, and register it as the blessed model.
 
-    The bundle holds the weights, the item vectors of the serve-time item
-    snapshot (features as of the end of the data), that snapshot itself, and
-    ``model_card.json`` with the metrics, data, feature service, code version,
-    parent model and the blessing decision with its evidence.
+    The bundle holds the two-tower model (``model/``), the ranker
+    (``ranker/``), the serve-time item snapshot (features as of the end of the
+    data) with its vectors and the ANN index built over them (``index/``), the
+    stack configuration (``stack.json``) and ``model_card.json`` with the
+    metrics, data, feature service, code version, parent model and the blessing
+    decision with its evidence.
     """
-    from recflow.pipeline.registry import ModelRegistry, build_model_card
     from recflow.features.training_set import entity_features_as_of
-    from recflow.training.inference import TrainedModel
+    from recflow.pipeline.registry import ModelRegistry, build_model_card
+    from recflow.recommender.stack import StackConfig, build_stack, save_config
 
     evaluation = json.loads((Path(evaluation_dir) / EVALUATION_FILE).read_text())
     if not evaluation["decision"]["blessed"]:
         raise ValueError("refusing to export a model the gate did not bless")
     dataset = Dataset(Path(dataset_dir))
-    info = json.loads((Path(model_dir) / MODEL_INFO).read_text())
+    ranker_info = json.loads((Path(ranker_dir) / RANKER_INFO).read_text())
+    model_info = json.loads((Path(model_dir) / MODEL_INFO).read_text())
+    service = ranker_info["feature_service"]
     snapshot_at = pd.Timestamp(dataset.days()[-1] + dt.timedelta(days=1), tz="UTC")
     items = entity_features_as_of(
-        store.get_store(feature_repo(workspace)), info["feature_service"], "item", list(catalog_at(dataset_dir, snapshot_at)), snapshot_at
+        store.get_store(feature_repo(workspace)), service, "item", list(catalog_at(dataset_dir, snapshot_at)), snapshot_at
     )
+    config = StackConfig.model_validate(evaluation["stack"])
+    stack = build_stack(Path(model_dir), Path(ranker_dir), items, config)
     out = Path(bundle_dir)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(model_dir, out / "model")
+    shutil.copytree(ranker_dir, out / "ranker")
     items.to_parquet(out / "item_features.parquet", index=False)
-    vectors, bias = TrainedModel.load(model_dir).item_vectors(items)
+    vectors, bias = stack.retrieval.item_vectors(items)
     np.save(out / "item_embeddings.npy", vectors)
     np.save(out / "item_bias.npy", bias)
-    card = build_model_card(out, evaluation, dataset.manifest, info, snapshot_at)
+    stack.index.save(out / "index")
+    save_config(config, out)
+    card = build_model_card(out, evaluation, dataset.manifest, service, {"retrieval": model_info, "ranking": ranker_info}, snapshot_at)
     _write_json(out / "model_card.json", card)
     registry_entry = ModelRegistry(Path(workspace) / "models").register(out, card)
     return {"version": card["version"], "registered_at": registry_entry["path"]}

@@ -37,6 +37,24 @@ class TrainConfig(BaseModel):
     hidden_dim: int = Field(default=64, ge=1)
     # Most recent history items fed to the user tower; older ones are dropped.
     max_history: int = Field(default=20, ge=1)
+    # What the model is fitted to:
+    # - "bce": binary cross-entropy on every row of the training set (clicks
+    #   against the negatives the training set holds); `batch_size` counts rows.
+    # - "in_batch_softmax": a softmax over the items of the GLOBAL batch. Only
+    #   the positive rows (label 1) are used, label-0 rows are ignored, and
+    #   `batch_size` counts positives: each positive's item is the target and
+    #   the other positives' items are its negatives. Ranks exchange their item
+    #   vectors with a differentiable all_gather, so N processes compute the
+    #   same loss and update as one process on the whole batch.
+    objective: Literal["bce", "in_batch_softmax"] = "bce"
+    # in_batch_softmax only: logits are (user · item + item bias) / temperature.
+    temperature: float = Field(default=1.0, gt=0)
+    # in_batch_softmax only: subtract log Q(item), Q being the item's share of
+    # the positives of the training set (the probability that it is drawn into
+    # a batch), from every in-batch logit (Yi et al. 2019, "Sampling-bias-
+    # corrected neural modeling"). Without it popular items, which appear as
+    # negatives more often, are pushed down in proportion to their frequency.
+    logq_correction: bool = True
     # "auto" picks CUDA when it is available, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Optimiser steps between two progress lines (loss, samples/s).

@@ -146,9 +146,21 @@ class TwoTowerModel(nn.Module):
             bias = bias + self.item_numeric_bias(items["numeric"]).squeeze(1)
         return bias
 
-    def forward(self, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[n] click logits of row-aligned users and items."""
-        return (self.user_vectors(users) * self.item_vectors(items)).sum(dim=1) + self.item_bias(items)
+    def forward(
+        self, users: dict[str, torch.Tensor], items: dict[str, torch.Tensor], towers: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[n] click logits of row-aligned users and items.
+
+        With ``towers=True``: the (user vectors, item vectors, item biases)
+        the logits are made of, for objectives that score every user against
+        every item of a batch. Going through ``forward`` rather than calling
+        the tower methods directly is what lets DistributedDataParallel see
+        the step and synchronise the gradients.
+        """
+        user_vectors, item_vectors, item_bias = self.user_vectors(users), self.item_vectors(items), self.item_bias(items)
+        if towers:
+            return user_vectors, item_vectors, item_bias
+        return (user_vectors * item_vectors).sum(dim=1) + item_bias
 
     def _history_mean(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean item embedding over the known history items; zero for an empty history."""

@@ -21,6 +21,31 @@ DistributedSampler (strided, padded with repeated rows), make the union of
 the ranks' rows at every step exactly the batch one process would take; the
 last incomplete global batch is dropped so every step has the same size.
 
+Objectives (``TrainConfig.objective``):
+
+- ``bce``: binary cross-entropy of every row's logit against its label.
+- ``in_batch_softmax``: the rows are the positives only (label-0 rows are
+  dropped after the preprocessor is fitted on the whole file, so vocabularies
+  and statistics do not depend on the objective). Each step's global batch of
+  B positives forms a B-way softmax per positive: its own item is the target
+  and the other B-1 positives' items are the negatives. Every rank computes
+  the user vectors of its slice and the item vectors/biases of its slice, and
+  a differentiable ``all_gather`` (``torch.distributed.nn``) assembles the
+  item side of the whole global batch on every rank; its backward sends each
+  rank the gradient every other rank's loss put on its items. Each rank's loss
+  is the mean cross-entropy of its own rows, DDP averages the gradients, and so
+  the update is that of one process on the whole batch, as for ``bce``.
+  Logits are ``(u·v + b) / temperature``; with ``logq_correction`` every
+  column is then lowered by log Q(item), Q being the item's frequency among
+  the training positives: the batch is a sample of items drawn with
+  probability Q, and the correction makes the in-batch softmax estimate the
+  softmax over the whole catalogue (Yi et al., RecSys 2019). The row's own
+  positive is corrected too: it is one of the sampled items of the batch like
+  any other (for the gradient, correcting the target term or not makes no
+  difference; it only changes how the target competes in the normaliser).
+  Accidental hits, the row's item appearing again at another position of the
+  batch, are masked out of its softmax.
+
 Checkpoints (rank 0, atomic) are written at the end of every epoch and every
 `checkpoint_every_steps` steps. A start that finds one in `--checkpoint-dir`
 resumes from it on every rank, which is what lets torchrun's elastic restart
@@ -47,6 +72,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather as differentiable_all_gather
 from torch.nn.parallel import DistributedDataParallel
 
 from recflow.training.config import TrainConfig
@@ -77,7 +103,12 @@ TRAJECTORY_FIELDS = (
     "embedding_dim",
     "hidden_dim",
     "max_history",
+    "objective",
+    "temperature",
+    "logq_correction",
 )
+# Values of trajectory fields added later, for checkpoints written before them.
+LEGACY_TRAJECTORY_VALUES = {"objective": "bce", "temperature": 1.0, "logq_correction": True}
 
 
 @dataclass(frozen=True)
@@ -171,21 +202,31 @@ def _train(
     # ids through the process group. `_check_ranks_agree` verifies the result.
     frame = _read_training_set(training_set, spec)
     preprocessor = Preprocessor.fit(frame, spec, config.max_history)
+    file_rows = len(frame)
+    softmax = config.objective == "in_batch_softmax"
+    if softmax:
+        frame = frame[frame[LABEL].to_numpy(dtype=np.float32) > 0]
     users = _to_device(preprocessor.encode_users(frame), device)
     items = _to_device(preprocessor.encode_items(frame), device)
     labels = torch.from_numpy(frame[LABEL].to_numpy(dtype=np.float32)).to(device)
     num_rows = len(frame)
     del frame
+    log_q = item_log_frequency(items["ids"], preprocessor.num_items) if softmax and config.logq_correction else None
     steps_per_epoch = num_rows // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{training_set} has {num_rows} rows, fewer than one global batch ({config.batch_size})")
+        what = "positive rows" if softmax else "rows"
+        raise ValueError(
+            f"{training_set} has {num_rows} {what}, fewer than one global batch ({config.batch_size})"
+        )
     if processes.is_main:
         logger.info(
-            "%d rows, %d users, %d items; %d processes x %d rows per step, %d steps per epoch; "
+            "%d %s, %d users, %d items; objective %s; %d processes x %d rows per step, %d steps per epoch; "
             "preprocessing took %.1fs",
             num_rows,
+            "positive rows" if softmax else "rows",
             preprocessor.num_users - 1,
             preprocessor.num_items - 1,
+            config.objective,
             processes.world_size,
             local_batch_size,
             steps_per_epoch,
@@ -194,7 +235,13 @@ def _train(
 
     torch.manual_seed(config.seed)
     model = TwoTowerModel.from_preprocessor(preprocessor, config.embedding_dim, config.hidden_dim).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if softmax:
+        _freeze_softmax_invariant(model)
+    optimizer = torch.optim.AdamW(
+        [parameter for parameter in model.parameters() if parameter.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
 
     fingerprint = preprocessor.fingerprint()
     checkpoint = checkpoint_dir / CHECKPOINT_FILE if checkpoint_dir else None
@@ -232,8 +279,12 @@ def _train(
                 _inject_failure(progress.global_step, checkpoint_dir or output)
             start = step * config.batch_size + processes.rank * local_batch_size
             rows = order[start : start + local_batch_size]
-            logits = trained(_take(users, rows), _take(items, rows))
-            loss = F.binary_cross_entropy_with_logits(logits, labels[rows])
+            if softmax:
+                batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+                loss = _in_batch_softmax_loss(trained, users, items, rows, batch, log_q, config, processes)
+            else:
+                logits = trained(_take(users, rows), _take(items, rows))
+                loss = F.binary_cross_entropy_with_logits(logits, labels[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -274,7 +325,10 @@ def _train(
         "world_size": processes.world_size,
         "wall_seconds": time.perf_counter() - started,
         "train_loop_seconds": loop_seconds,
-        "rows": num_rows,
+        "rows": file_rows,
+        "objective": config.objective,
+        # Rows trained on: every row for bce, the positives for in_batch_softmax.
+        "training_rows": num_rows,
         "global_batch_size": config.batch_size,
         "steps": progress.global_step,
         "resumed_from_step": resumed_from,
@@ -290,6 +344,95 @@ def _train(
             output,
         )
     return metrics
+
+
+def item_log_frequency(item_ids: torch.Tensor, num_items: int) -> torch.Tensor:
+    """[num_items] log of each item's share of `item_ids` (the training positives).
+
+    That share is the probability that a row drawn into a batch holds the
+    item: the Q of the logQ correction. Items that never occur get the log of
+    half an occurrence; they are never in a batch, so the value is only a
+    finite placeholder.
+    """
+    counts = torch.bincount(item_ids, minlength=num_items).to(torch.float64)
+    return (counts.clamp(min=0.5) / len(item_ids)).log().to(torch.float32)
+
+
+def _freeze_softmax_invariant(model: TwoTowerModel) -> None:
+    """Freeze the parameters that add the same term to every item's score.
+
+    The item MLP's output bias c (adds u·c to every item of a user) and the
+    intercept of the numeric item bias cancel out of a softmax over items, so
+    their gradient is float rounding only, which Adam's normalisation would
+    blow up into steps of learning-rate size that differ between 1 and N
+    processes. They stay at their initial values; as the same constant for
+    every item of a user, they change no ranking.
+    """
+    invariant = [model.item_mlp[-1].bias]
+    if model.item_numeric_bias is not None:
+        invariant.append(model.item_numeric_bias.bias)
+    for parameter in invariant:
+        parameter.requires_grad_(False)
+
+
+def in_batch_softmax_logits(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    item_bias: torch.Tensor,
+    item_ids: torch.Tensor,
+    temperature: float = 1.0,
+    item_log_q: torch.Tensor | None = None,
+    first_row: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets of the in-batch softmax for `b` users against a batch of `B` items.
+
+    `user_vectors` [b, d] are rows ``first_row .. first_row + b - 1`` of the
+    global batch, whose items are `item_vectors` [B, d], `item_bias` [B],
+    `item_ids` [B] (vocabulary indices) and, for the logQ correction,
+    `item_log_q` [B]. Returns ``(logits [b, B], targets [b])``: row i's target
+    is column ``first_row + i``; the logits are ``(u·v + bias) / temperature
+    - log Q(item)`` and -inf where the column holds the row's own item at
+    another position (an accidental hit, which must not count as a negative).
+    """
+    logits = (user_vectors @ item_vectors.T + item_bias) / temperature
+    if item_log_q is not None:
+        logits = logits - item_log_q
+    rows = torch.arange(len(user_vectors), device=logits.device)
+    targets = rows + first_row
+    accidental = item_ids[targets].unsqueeze(1) == item_ids.unsqueeze(0)
+    accidental[rows, targets] = False
+    return logits.masked_fill(accidental, float("-inf")), targets
+
+
+def _in_batch_softmax_loss(
+    trained: torch.nn.Module,
+    users: dict[str, torch.Tensor],
+    items: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    batch: torch.Tensor,
+    log_q: torch.Tensor | None,
+    config: TrainConfig,
+    processes: _Processes,
+) -> torch.Tensor:
+    """Mean in-batch softmax cross-entropy of this rank's `rows` against the whole global `batch`."""
+    user_vectors, item_vectors, item_bias = trained(_take(users, rows), _take(items, rows), towers=True)
+    if processes.world_size > 1:
+        # Rank r holds the r-th contiguous slice of the batch, so concatenating
+        # in rank order gives the batch's items in batch order.
+        packed = torch.cat([item_vectors, item_bias.unsqueeze(1)], dim=1)
+        gathered = torch.cat(differentiable_all_gather(packed), dim=0)
+        item_vectors, item_bias = gathered[:, :-1], gathered[:, -1]
+    item_ids = items["ids"].index_select(0, batch)
+    logits, targets = in_batch_softmax_logits(
+        user_vectors,
+        item_vectors,
+        item_bias,
+        item_ids,
+        config.temperature,
+        log_q.index_select(0, item_ids) if log_q is not None else None,
+        first_row=processes.rank * len(rows),
+    )
+    return F.cross_entropy(logits, targets)
 
 
 def _resolve_device(requested: str, local_rank: int) -> torch.device:
@@ -376,7 +519,8 @@ def _load_checkpoint(
     fingerprint: str,
 ) -> _Progress:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    changed = [name for name in TRAJECTORY_FIELDS if state["config"][name] != getattr(config, name)]
+    saved = {**LEGACY_TRAJECTORY_VALUES, **state["config"]}
+    changed = [name for name in TRAJECTORY_FIELDS if saved[name] != getattr(config, name)]
     if changed or state["preprocessor_fingerprint"] != fingerprint:
         raise ValueError(
             f"{path} belongs to another run (changed config fields: {changed or 'none'}; same training set: "

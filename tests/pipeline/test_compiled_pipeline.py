@@ -18,7 +18,7 @@ def test_checked_in_yaml_is_not_stale(tmp_path):
 def test_every_component_runs_in_the_project_image():
     spec = yaml.safe_load(COMPILED_PIPELINE.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 9
+    assert len(executors) == 11
     assert {executor["container"]["image"] for executor in executors.values()} == {PIPELINE_IMAGE}
     # The image carries kfp and recflow; nothing is pip-installed at run time.
     for executor in executors.values():

@@ -33,10 +33,21 @@ def test_blessed_run_exports_a_complete_bundle(first_run):
     assert {"model", "popularity", "oracle"} <= set(outputs.evaluation["results"])
     bundle = outputs.bundle
     assert bundle is not None
-    for name in ("model/model.pt", "model/preprocessor.json", "item_embeddings.npy", "item_bias.npy", "item_features.parquet"):
+    for name in (
+        "model/model.pt",
+        "model/preprocessor.json",
+        "ranker/ranker.json",
+        "index/index.faiss",
+        "stack.json",
+        "item_embeddings.npy",
+        "item_bias.npy",
+        "item_features.parquet",
+    ):
         assert (bundle / name).is_file(), name
     card = json.loads((bundle / "model_card.json").read_text())
-    assert card["feature_service"] == "retrieval_v1"
+    assert card["feature_service"] == "ranking_v1"
+    assert set(card["stages"]) == {"retrieval", "ranking", "re-ranking"}
+    assert 0 <= card["retrieval"]["recall@100"] <= card["retrieval"]["recall@200"] <= 1
     assert card["parent_model"] is None
     assert card["blessing"]["blessed"] is True
     assert card["metrics"]["model"]["ndcg@10"] >= 0
