@@ -3,9 +3,7 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("faiss")
-
-from recflow.retrieval.index import ItemIndex  # noqa: E402
+from recflow.retrieval.index import ItemIndex
 
 
 def _catalogue(n_items: int, dim: int = 16, seed: int = 0):
