@@ -31,6 +31,8 @@ ITEM_ID = "item_id"
 LABEL = "label"
 TIMESTAMP = "event_timestamp"
 RESERVED_COLUMNS = (USER_ID, ITEM_ID, LABEL, TIMESTAMP)
+# In a list of feature columns to leave out: every feature column (the ids stay).
+ALL_FEATURES = "*"
 
 # Index 0 of every vocabulary is "unknown": unseen ids, unseen categories, nulls.
 UNKNOWN_INDEX = 0
@@ -87,6 +89,32 @@ class FeatureSpec(BaseModel):
         """
         schema = pq.read_schema(path)
         return cls.infer(schema.empty_table().to_pandas(types_mapper=pd.ArrowDtype))
+
+    def feature_columns(self) -> list[str]:
+        """Every feature column of either tower (ids excluded)."""
+        history = [self.history] if self.history else []
+        return [
+            *self.user_numeric, *self.user_categorical, *history,
+            *self.item_numeric, *self.item_categorical,
+        ]  # fmt: skip
+
+    def without(self, names: list[str] | tuple[str, ...]) -> FeatureSpec:
+        """This spec minus the feature columns `names` (:data:`ALL_FEATURES` names every one).
+
+        A name the spec does not hold is an error: a misspelt column would
+        otherwise be silently kept.
+        """
+        drop = set(self.feature_columns()) if ALL_FEATURES in names else set(names)
+        unknown = sorted(drop - set(self.feature_columns()))
+        if unknown:
+            raise ValueError(f"cannot leave out {unknown}: not features of this spec ({self.feature_columns()})")
+        return FeatureSpec(
+            user_numeric=[c for c in self.user_numeric if c not in drop],
+            user_categorical=[c for c in self.user_categorical if c not in drop],
+            item_numeric=[c for c in self.item_numeric if c not in drop],
+            item_categorical=[c for c in self.item_categorical if c not in drop],
+            history=None if self.history in drop else self.history,
+        )
 
     def user_columns(self) -> list[str]:
         """Columns the user tower reads, `user_id` first."""

@@ -34,7 +34,9 @@ class TrainedModel:
         directory = Path(directory)
         preprocessor = Preprocessor.load(directory / PREPROCESSOR_FILE)
         config = TrainConfig.from_file(directory / CONFIG_FILE)
-        model = TwoTowerModel.from_preprocessor(preprocessor, config.embedding_dim, config.hidden_dim)
+        model = TwoTowerModel.from_preprocessor(
+            preprocessor, config.embedding_dim, config.hidden_dim, config.initial_embedding_std()
+        )
         model.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
         return cls(model, preprocessor)
 

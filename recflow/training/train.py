@@ -103,12 +103,12 @@ TRAJECTORY_FIELDS = (
     "embedding_dim",
     "hidden_dim",
     "max_history",
+    "embedding_init_std",
+    "ignore_features",
     "objective",
     "temperature",
     "logq_correction",
 )
-# Values of trajectory fields added later, for checkpoints written before them.
-LEGACY_TRAJECTORY_VALUES = {"objective": "bce", "temperature": 1.0, "logq_correction": True}
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,8 @@ def train(
     Returns the training metrics (also written to `output/train_metrics.json`).
     """
     config = config or TrainConfig()
+    if config.ignore_features:
+        feature_spec = feature_spec.without(config.ignore_features)
     processes = _Processes.from_env()
     local_batch_size = config.local_batch_size(processes.world_size)
     device = _resolve_device(config.device, processes.local_rank)
@@ -234,7 +236,9 @@ def _train(
         )
 
     torch.manual_seed(config.seed)
-    model = TwoTowerModel.from_preprocessor(preprocessor, config.embedding_dim, config.hidden_dim).to(device)
+    model = TwoTowerModel.from_preprocessor(
+        preprocessor, config.embedding_dim, config.hidden_dim, config.initial_embedding_std()
+    ).to(device)
     if softmax:
         _freeze_softmax_invariant(model)
     optimizer = torch.optim.AdamW(
@@ -519,8 +523,8 @@ def _load_checkpoint(
     fingerprint: str,
 ) -> _Progress:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = {**LEGACY_TRAJECTORY_VALUES, **state["config"]}
-    changed = [name for name in TRAJECTORY_FIELDS if saved[name] != getattr(config, name)]
+    saved = state["config"]
+    changed = [name for name in TRAJECTORY_FIELDS if name not in saved or saved[name] != getattr(config, name)]
     if changed or state["preprocessor_fingerprint"] != fingerprint:
         raise ValueError(
             f"{path} belongs to another run (changed config fields: {changed or 'none'}; same training set: "

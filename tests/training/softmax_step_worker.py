@@ -42,7 +42,9 @@ def main(training_set: str, out: str) -> None:
     frame = frame[frame[LABEL].to_numpy(dtype=np.float32) > 0]
     users, items = preprocessor.encode_users(frame), preprocessor.encode_items(frame)
     torch.manual_seed(CONFIG.seed)
-    model = TwoTowerModel.from_preprocessor(preprocessor, CONFIG.embedding_dim, CONFIG.hidden_dim)
+    model = TwoTowerModel.from_preprocessor(
+        preprocessor, CONFIG.embedding_dim, CONFIG.hidden_dim, CONFIG.initial_embedding_std()
+    )
     _freeze_softmax_invariant(model)
     trained = DistributedDataParallel(model, broadcast_buffers=False) if processes.world_size > 1 else model
     batch = torch.from_numpy(np.random.default_rng(0).permutation(len(frame))[: CONFIG.batch_size])

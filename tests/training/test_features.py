@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from recflow.training.features import FeatureSpec, Preprocessor
+from recflow.training.features import ALL_FEATURES, FeatureSpec, Preprocessor
 
 
 def test_infer_follows_the_naming_contract(training_frame):
@@ -130,3 +130,15 @@ def test_all_empty_history_column(training_frame):
     assert not fitted.encode_users(empty)["history_mask"].any()
     arrow_empty = pa.Table.from_pandas(training_frame.head(3).assign(user_recent_item_ids=[[], [], []]))
     assert not fitted.encode_users(arrow_empty.to_pandas(types_mapper=pd.ArrowDtype))["history_mask"].any()
+
+
+def test_without_leaves_out_named_columns_or_all_of_them(training_frame):
+    spec = FeatureSpec.infer(training_frame)
+    reduced = spec.without(["user_segment", "user_recent_item_ids", "item_ctr_7d"])
+    assert reduced.history is None
+    assert "user_segment" not in reduced.user_categorical and "item_ctr_7d" not in reduced.item_numeric
+    assert set(reduced.feature_columns()) == set(spec.feature_columns()) - {"user_segment", "user_recent_item_ids", "item_ctr_7d"}
+    assert spec.without([ALL_FEATURES]).feature_columns() == []
+    assert spec.without([]) == spec
+    with pytest.raises(ValueError, match=r"cannot leave out \['user_sgement'\]"):
+        spec.without(["user_sgement"])

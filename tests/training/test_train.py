@@ -82,6 +82,25 @@ def test_exports_the_model_directory(tmp_path, training_set, spec):
     assert FeatureSpec.model_validate_json((tmp_path / "model" / "feature_spec.json").read_text()) == spec
 
 
+def test_left_out_features_are_not_read(tmp_path, training_set, spec, training_frame):
+    config = SMALL.model_copy(update={"epochs": 1, "ignore_features": ["user_clicks_7d", "item_ctr_7d"]})
+    train(training_set, spec, tmp_path / "model", config)
+    model = TrainedModel.load(tmp_path / "model")
+    assert model.preprocessor.spec == spec.without(["user_clicks_7d", "item_ctr_7d"])
+    # Changed, or even absent, the left-out columns change no score.
+    frame = training_frame.head(50)
+    changed = frame.assign(user_clicks_7d=1e6, item_ctr_7d=-3.0)
+    np.testing.assert_array_equal(model.score(frame, frame), model.score(changed, changed))
+    absent = frame.drop(columns=["user_clicks_7d", "item_ctr_7d"])
+    np.testing.assert_array_equal(model.score(frame, frame), model.score(absent, absent))
+
+    ids_only = SMALL.model_copy(update={"epochs": 1, "ignore_features": ["*"]})
+    train(training_set, spec, tmp_path / "ids", ids_only)
+    assert TrainedModel.load(tmp_path / "ids").preprocessor.spec == FeatureSpec()
+    with pytest.raises(ValueError, match="cannot leave out"):
+        train(training_set, spec, tmp_path / "typo", SMALL.model_copy(update={"ignore_features": ["user_clicks_7"]}))
+
+
 def test_same_seed_gives_identical_weights(tmp_path, training_set, spec):
     config = SMALL.model_copy(update={"epochs": 2})
     train(training_set, spec, tmp_path / "a", config)
