@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -287,13 +288,24 @@ def ranking_set(
 
 
 def train_ranker(ranking_set_dir: str | Path, dataset_dir: str | Path, ranker_dir: str | Path, config) -> dict[str, Any]:
-    """Train the ranking model (one process) on the ranking set; save it with its feature service."""
+    """Train the ranking model (one process) on the ranking set; save it with its feature service.
+
+    The rows of one user in ten (by a stable hash of the id) are held out, and
+    the metrics hold the ranker's AUC and log loss on them (``validation``)
+    beside those on its training rows (``train``).
+    """
     from recflow.ranking.model import train_ranker as fit
 
     source = Path(ranking_set_dir)
     frame = pd.read_parquet(source / RANKING_SET_FILE)
     items = Dataset(Path(dataset_dir)).read_items()
-    ranker, _, metrics = fit(frame, config, item_categories=dict(zip(items["item_id"], items["category"])))
+    held_out = frame["user_id"].astype(str).map(lambda user: zlib.crc32(user.encode()) % 10 == 0).to_numpy()
+    ranker, _, metrics = fit(
+        frame[~held_out].reset_index(drop=True),
+        config,
+        validation=frame[held_out].reset_index(drop=True),
+        item_categories=dict(zip(items["item_id"], items["category"])),
+    )
     out = Path(ranker_dir)
     ranker.save(out)
     info = json.loads((source / TRAINING_SET_INFO).read_text())

@@ -66,7 +66,7 @@ from recflow.ranking.features import (
     cross_feature_arrays,
     float_values,
 )
-from recflow.training.features import ITEM_ID, LABEL, UNKNOWN_INDEX, FeatureSpec, Preprocessor
+from recflow.training.features import ALL_FEATURES, ITEM_ID, LABEL, UNKNOWN_INDEX, FeatureSpec, Preprocessor
 
 logger = logging.getLogger("recflow.ranking")
 
@@ -107,8 +107,14 @@ class RankerConfig(BaseModel):
     use_user_id: bool = False
     # None: use `retrieval_score` when the training frame has it.
     use_retrieval_score: bool | None = None
-    # Compute and feed :data:`recflow.ranking.features.CROSS_FEATURES`.
+    # Compute and feed :data:`recflow.ranking.features.CROSS_FEATURES`. They
+    # compare the candidate's category with the user's history, so they are
+    # left out with either of those columns (see `ignore_features`).
     use_cross_features: bool = True
+    # Feature columns of the ranking set the ranker leaves out, as
+    # TrainConfig.ignore_features does for retrieval (naming a column the set
+    # lacks is an error).
+    ignore_features: list[str] = []
     # The item_* string column the cross features compare with the history.
     category_column: str = CATEGORY_COLUMN
     # None: inferred from the training frame's user_*/item_* columns.
@@ -421,13 +427,24 @@ def _labels(frame: pd.DataFrame) -> np.ndarray:
 # --------------------------------------------------------------------------- training
 
 
+def _uses_cross_features(config: RankerConfig) -> bool:
+    """Whether the cross features are fed: asked for, and both of their inputs are features."""
+    spec = config.feature_spec
+    return (
+        config.use_cross_features
+        and spec is not None
+        and spec.history is not None
+        and not {config.category_column, ALL_FEATURES} & set(config.ignore_features)
+    )
+
+
 def _fit_extra_stats(
     frame: pd.DataFrame, config: RankerConfig, lookup: CategoryLookup
 ) -> dict[str, tuple[float, float]]:
     use_score = config.use_retrieval_score
     if use_score is None:
         use_score = RETRIEVAL_SCORE in frame.columns
-    names = [*CROSS_FEATURES] if config.use_cross_features else []
+    names = [*CROSS_FEATURES] if _uses_cross_features(config) else []
     if use_score:
         names.append(RETRIEVAL_SCORE)
     values = _extra_values(frame, config, lookup, names)
@@ -468,6 +485,8 @@ def train_ranker(
     started = time.perf_counter()
     # retrieval_score and cross_* are outside the user_*/item_* contract: infer ignores them.
     spec = config.feature_spec or FeatureSpec.infer(frame)
+    if config.ignore_features:
+        spec = spec.without(config.ignore_features)
     config = config.model_copy(update={"feature_spec": spec})
     preprocessor = Preprocessor.fit(frame, spec, config.max_history)
     lookup = CategoryLookup({})

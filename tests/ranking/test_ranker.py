@@ -109,6 +109,17 @@ def test_stacked_structure_trains_too(split):
     assert metrics["validation"]["auc"] > 0.75
 
 
+def test_left_out_features_are_not_read(split):
+    train, held_out = split
+    config = CONFIG.model_copy(update={"epochs": 1, "ignore_features": ["user_segment", "user_recent_item_ids"]})
+    ranker, preprocessor, metrics = train_ranker(train, config)
+    assert preprocessor.spec.history is None and "user_segment" not in preprocessor.spec.user_categorical
+    # The cross features compare the history with the candidate: without the history there are none.
+    assert metrics["extra_features"] == [RETRIEVAL_SCORE]
+    changed = held_out.assign(user_segment="east", user_recent_item_ids=[["i1", "i2"]] * len(held_out))
+    np.testing.assert_array_equal(ranker.score(held_out), ranker.score(changed))
+
+
 def test_training_is_deterministic(split):
     train, held_out = split
     config = CONFIG.model_copy(update={"epochs": 1})
