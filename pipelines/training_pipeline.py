@@ -41,10 +41,14 @@ def training_pipeline(
     ranker_epochs: int = DEFAULTS.ranker_epochs,
     negatives: str = DEFAULTS.negatives,
     negatives_per_positive: float = DEFAULTS.negatives_per_positive,
+    objective: str = DEFAULTS.objective,
+    ignore_features: str = DEFAULTS.ignore_features,
     epochs: int = DEFAULTS.epochs,
     batch_size: int = DEFAULTS.batch_size,
     learning_rate: float = DEFAULTS.learning_rate,
     embedding_dim: int = DEFAULTS.embedding_dim,
+    use_ranker: bool = DEFAULTS.use_ranker,
+    mmr_lambda: float = DEFAULTS.mmr_lambda,
     nproc_per_node: int = DEFAULTS.nproc_per_node,
     k: int = DEFAULTS.k,
     gate: str = DEFAULTS.gate,
@@ -74,6 +78,8 @@ def training_pipeline(
     )
     train = train_model(
         training_set=training_set.outputs["training_set"],
+        objective=objective,
+        ignore_features=ignore_features,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
@@ -92,7 +98,11 @@ def training_pipeline(
         seed=seed,
     )
     ranker = train_ranker(
-        ranking_set=ranking_set.outputs["ranking_set"], dataset=validate.outputs["dataset"], epochs=ranker_epochs, seed=seed
+        ranking_set=ranking_set.outputs["ranking_set"],
+        dataset=validate.outputs["dataset"],
+        epochs=ranker_epochs,
+        ignore_features=ignore_features,
+        seed=seed,
     )
     evaluate = evaluate_model(
         model=train.outputs["model"],
@@ -101,6 +111,8 @@ def training_pipeline(
         split=split.outputs["split"],
         workspace=workspace,
         k=k,
+        use_ranker=use_ranker,
+        mmr_lambda=mmr_lambda,
         gate=gate,
     )
     with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition, not a Python bool)

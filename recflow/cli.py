@@ -8,14 +8,17 @@
     recflow step <name> ...              # one pipeline step by hand (what each component runs)
     recflow train TRAINING_SET OUT       # the training entrypoint, through torchrun
     recflow bench quality --data PATH    # benchmarks that print figures
+    recflow bench train               # training samples/s, 1 vs 2 processes, time to the bar
     recflow bench materialize
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -88,15 +91,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     from recflow.pipeline.local import run_pipeline
 
-    from recflow.pipeline.parameters import PipelineParameters
-
-    parameters = {"data_source": args.data_source, "seed": args.seed, "protocol": args.protocol}
-    for assignment in args.param:
-        name, _, value = assignment.partition("=")
-        parameters[name] = _parse_value(value)
-    outputs = run_pipeline(args.workspace, **PipelineParameters(**parameters).model_dump())
+    parameters = _parameters(args.protocol, args.param, data_source=args.data_source, seed=args.seed)
+    outputs = run_pipeline(args.workspace, **parameters.model_dump())
     print(outputs.summary())
     return 0
+
+
+def _parameters(protocol: str, assignments: list[str], **given):
+    """Pipeline parameters for `protocol`, with the NAME=VALUE `assignments` on top (validated)."""
+    from recflow.pipeline.parameters import parameters_for
+
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        given[name] = _parse_value(value)
+    return parameters_for(protocol, **given)
 
 
 def _parse_value(text: str):
@@ -184,8 +192,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench_quality(args: argparse.Namespace) -> int:
     from benchmarks.quality import run
 
-    result = run(args.data, args.protocol, Path(args.workspace) if args.workspace else None)
-    if args.json:
+    parameters = _parameters(args.protocol, args.param, data_source=args.data)
+    with _output_to_stderr():
+        result = run(parameters, Path(args.workspace) if args.workspace else None)
+    return _print_result(result, args.json)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from benchmarks.training import run
+
+    processes = [int(n) for n in args.nproc.split(",")]
+    with _output_to_stderr():
+        result = run(args.scale, Path(args.workspace), processes, args.max_epochs)
+    return _print_result(result, args.json)
+
+
+@contextlib.contextmanager
+def _output_to_stderr():
+    """Send what runs inside to standard error, subprocesses included.
+
+    kfp.local, its task subprocesses and Feast's materialization print their
+    progress on standard output; a benchmark's standard output holds only its
+    result, so that ``--json`` can be piped.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _print_result(result: dict, as_json: bool) -> int:
+    """A benchmark's result: the whole of it as JSON, or its printed table."""
+    if as_json:
         _print_json(result)
     else:
         print(result["table"])
@@ -314,8 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--data", required=True, help="a MovieLens file/directory, a dataset directory or world:<scale>")
     quality.add_argument("--protocol", default="stratified", choices=["time", "stratified"])
     quality.add_argument("--workspace", help="keep the run here (default: a temporary directory)")
+    quality.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                         help="override a pipeline parameter (repeatable); the protocol's settings apply otherwise")
     quality.add_argument("--json", action="store_true", help="print JSON instead of a table")
     quality.set_defaults(handler=cmd_bench_quality)
+    train_bench = bench.add_parser("train", help="training samples/s for 1 and N processes, and time to the quality bar")
+    train_bench.add_argument("--scale", default="demo")
+    train_bench.add_argument("--nproc", default="1,2", help="process counts to compare (default: 1,2)")
+    train_bench.add_argument("--max-epochs", type=int, default=3, help="longest run of the time-to-bar curve")
+    train_bench.add_argument("--workspace", default=".recflow/bench-train", help="keeps the prepared training set")
+    train_bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    train_bench.set_defaults(handler=cmd_bench_train)
     materialize = bench.add_parser("materialize", help="time materializing a world into the online store")
     materialize.add_argument("--scale", default="demo")
     materialize.add_argument("--workspace", default=".recflow/bench")

@@ -12,6 +12,8 @@ def evaluate_model(
     split: Input[Dataset],
     workspace: str,
     k: int,
+    use_ranker: bool,
+    mmr_lambda: float,
     gate: str,
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -29,9 +31,13 @@ def evaluate_model(
 
     from recflow.evaluation.gate import GateConfig
     from recflow.pipeline import steps
+    from recflow.recommender.stack import StackConfig
+    from recflow.reranking.rerank import RerankConfig
 
+    stack = StackConfig(use_ranker=use_ranker, rerank=RerankConfig(mmr_lambda=mmr_lambda))
+    gate_config = GateConfig.model_validate_json(gate)
     result = steps.evaluate(
-        model.path, ranker.path, dataset.path, split.path, workspace, evaluation.path, GateConfig.model_validate_json(gate), k=k
+        model.path, ranker.path, dataset.path, split.path, workspace, evaluation.path, gate_config, k=k, stack_config=stack
     )
     for recommender, outcome in result["results"].items():
         for name, value in outcome["metrics"].items():

@@ -7,6 +7,8 @@ from components import PIPELINE_IMAGE
 @dsl.component(base_image=PIPELINE_IMAGE, install_kfp_package=False)
 def train_model(
     training_set: Input[Dataset],
+    objective: str,
+    ignore_features: str,
     epochs: int,
     batch_size: int,
     learning_rate: float,
@@ -18,10 +20,17 @@ def train_model(
 ):
     """Train the two-tower model with ``torchrun`` (gloo on CPU, nccl on GPU)."""
     from recflow.pipeline import steps
+    from recflow.pipeline.parameters import feature_list
     from recflow.training.config import TrainConfig
 
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, embedding_dim=embedding_dim, seed=seed
+        objective=objective,
+        ignore_features=feature_list(ignore_features),
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        embedding_dim=embedding_dim,
+        seed=seed,
     )
     metrics = steps.train(training_set.path, model.path, config, nproc_per_node)
     train_metrics.log_metric("final_loss", metrics["epoch_losses"][-1])

@@ -1,9 +1,11 @@
-"""The recommender interface the evaluation scores, and the two reference recommenders.
+"""The recommender interface the evaluation scores, and the reference recommenders.
 
 Every evaluated run scores three recommenders side by side: the trained model,
 :class:`PopularityRecommender` (the floor a model must beat to be worth
 serving) and, on synthetic worlds, :class:`OracleRecommender` (the ceiling: it
 ranks by the world's true click affinity, so no model can beat it on average).
+:class:`EaseRecommender`, a strong published item-item model, gives the
+quality benchmark a reference point on real data, where there is no oracle.
 """
 
 from __future__ import annotations
@@ -173,3 +175,51 @@ class ModelRecommender:
             top = top_k_from_scores(scores, k, exclusion_mask(chunk, exclude, self.item_index))
             result.extend([self.item_ids[j] for j in row if j >= 0] for row in top)
         return result
+
+
+class EaseRecommender:
+    """EASE (Steck, WWW 2019): a closed-form item-item model, for benchmarks only.
+
+    Scores are ``X @ B`` where X is the binary user x item matrix of train
+    clicks and B minimises ``|X - XB|^2 + l2 |B|^2`` with a zero diagonal:
+    ``P = (X'X + l2 I)^-1``, ``B = -P / diag(P)``. It is among the strongest
+    models on the public top-k tables, which makes it a fair yardstick of
+    what a split allows. It inverts an items x items matrix (cubic time,
+    quadratic memory), so it refuses catalogues above ``max_items``; it cannot
+    be served from features and is never part of the stack.
+    """
+
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0, max_items: int = 20_000) -> None:
+        self.l2 = l2
+        self.max_items = max_items
+
+    def fit(self, train: pd.DataFrame, catalog: Sequence[str]) -> EaseRecommender:
+        """Fit on the clicks of ``train``; recommendations come from ``catalog``."""
+        items = pd.Index(pd.unique(pd.Series(catalog, dtype=object)))
+        if len(items) > self.max_items:
+            raise ValueError(f"EASE inverts an items x items matrix: {len(items)} items is above max_items={self.max_items}")
+        clicks = train.loc[train["clicked"].astype(bool), ["user_id", "item_id"]].drop_duplicates()
+        clicks = clicks[clicks["item_id"].isin(items)]
+        self.users = pd.Index(pd.unique(clicks["user_id"]))
+        self.items = items
+        matrix = np.zeros((len(self.users), len(items)), dtype=np.float32)
+        matrix[self.users.get_indexer(clicks["user_id"]), items.get_indexer(clicks["item_id"])] = 1.0
+        gram = matrix.T @ matrix
+        gram[np.diag_indices_from(gram)] += self.l2
+        inverse = np.linalg.inv(gram)
+        weights = -inverse / np.diag(inverse)
+        np.fill_diagonal(weights, 0.0)
+        self.scores = matrix @ weights
+        return self
+
+    def recommend(
+        self, user_ids: Sequence[str], k: int, exclude: Mapping[str, Collection[str]]
+    ) -> list[list[str]]:
+        rows = self.users.get_indexer(list(user_ids))
+        # A user without train clicks scores zero everywhere: ties, broken by item order.
+        scores = np.where(rows[:, None] >= 0, self.scores[np.maximum(rows, 0)], 0.0)
+        item_index = {item: column for column, item in enumerate(self.items)}
+        top = top_k_from_scores(scores, k, exclusion_mask(user_ids, exclude, item_index))
+        return [[self.items[column] for column in row if column >= 0] for row in top]

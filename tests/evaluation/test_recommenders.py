@@ -11,6 +11,7 @@ import pytest
 from recflow.evaluation.evaluate import compare, evaluate_recommender
 from recflow.evaluation.protocols import Split
 from recflow.evaluation.recommenders import (
+    EaseRecommender,
     OracleRecommender,
     PopularityRecommender,
     exclusion_mask,
@@ -204,3 +205,19 @@ def test_compare_tabulates_results():
     assert table.columns.tolist() == ["precision@2", "recall@2", "ndcg@2", "map", "hit_rate@2", "coverage@2", "users"]
     assert table.loc["popularity", "recall@2"] == pytest.approx(1.0)
     assert table.loc["only-b", "recall@2"] == pytest.approx(0.75)
+
+
+def test_ease_recommends_what_similar_users_clicked_and_refuses_huge_catalogues():
+    # Users a..c click items 1 and 2 together; d clicked 1 only: 2 is what EASE adds for d.
+    # Items 3 and 4 are clicked together by e and f only, and never with 1.
+    clicks = [("a", "1"), ("a", "2"), ("b", "1"), ("b", "2"), ("c", "1"), ("c", "2"), ("d", "1"),
+              ("e", "3"), ("e", "4"), ("f", "3"), ("f", "4")]  # fmt: skip
+    train = pd.DataFrame(clicks, columns=["user_id", "item_id"]).assign(clicked=True)
+    catalog = ["1", "2", "3", "4", "5"]
+    ease = EaseRecommender(l2=1.0).fit(train, catalog)
+    lists = ease.recommend(["d", "e", "new"], 2, {"d": {"1"}, "e": {"3", "4"}})
+    assert lists[0][0] == "2"
+    assert not {"3", "4"} & set(lists[1])  # seen items are never recommended
+    assert len(lists[2]) == 2  # an unknown user still gets a (tie-broken) list
+    with pytest.raises(ValueError, match="max_items"):
+        EaseRecommender(max_items=3).fit(train, catalog)
