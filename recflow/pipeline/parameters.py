@@ -61,19 +61,20 @@ DEFAULTS = PipelineParameters()
 # reads (as of the end of the log) differ in kind, and on rating data, where a
 # user rates dozens of items in one session, most training rows see an empty
 # history that evaluation never does. The models therefore read ids only and
-# the retrieval model is a softmax over items (measured on ml-latest-small:
-# retrieval NDCG@10 0.118 with the time protocol's settings, 0.313 with
-# these). The ranker is left out: it is trained on the retrieval scores of the
-# very positives the retrieval model was fitted to, which it learns to trust
-# more than held-out scores deserve (0.313 -> 0.20 with it). See
-# docs/design.md, "The stratified protocol".
+# the retrieval model is a softmax over items, stopped at 6 epochs before it
+# over-fits. The ranker is left out: it is trained on the retrieval scores of
+# the very positives the retrieval model was fitted to, which it learns to
+# trust more than held-out scores deserve. Re-ranking keeps its filters but
+# ranks by relevance alone, as the published tables this protocol reproduces
+# do. Measurements: docs/design.md, "The stratified protocol".
 STRATIFIED_SETTINGS = {
     "objective": "in_batch_softmax",
     "ignore_features": "*",
-    "epochs": 10,
+    "epochs": 6,
     "batch_size": 1024,
     "embedding_dim": 64,
     "use_ranker": False,
+    "mmr_lambda": 1.0,
 }
 
 

@@ -42,6 +42,24 @@ def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
 
 
+class _Mix(nn.Module):
+    """A tower's parts, concatenated, to its vector: a linear map plus a ReLU MLP.
+
+    A tower of one part (the id embedding alone) has nothing to mix: the
+    embedding is the vector, as in matrix factorisation.
+    """
+
+    def __init__(self, parts: int, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(parts * dim, dim, bias=False) if parts > 1 else None
+        self.mlp = _mlp(parts * dim, hidden_dim, dim) if parts > 1 else None
+
+    def forward(self, parts: torch.Tensor) -> torch.Tensor:
+        if self.mlp is None:
+            return parts
+        return self.linear(parts) + self.mlp(parts)
+
+
 class TwoTowerModel(nn.Module):
     """User tower · item tower + item bias.
 
@@ -96,10 +114,8 @@ class TwoTowerModel(nn.Module):
 
         user_parts = 1 + bool(user_category_sizes) + bool(num_user_numeric) + use_history
         item_parts = 1 + bool(item_category_sizes) + bool(num_item_numeric)
-        self.user_mlp = _mlp(user_parts * embedding_dim, hidden_dim, embedding_dim)
-        self.item_mlp = _mlp(item_parts * embedding_dim, hidden_dim, embedding_dim)
-        self.user_skip = nn.Linear(user_parts * embedding_dim, embedding_dim, bias=False)
-        self.item_skip = nn.Linear(item_parts * embedding_dim, embedding_dim, bias=False)
+        self.user_mix = _Mix(user_parts, embedding_dim, hidden_dim)
+        self.item_mix = _Mix(item_parts, embedding_dim, hidden_dim)
 
         self.item_id_bias = nn.Embedding(num_items, 1)
         nn.init.zeros_(self.item_id_bias.weight)
@@ -133,8 +149,7 @@ class TwoTowerModel(nn.Module):
             parts.append(self.user_numeric(users["numeric"]))
         if self.use_history:
             parts.append(self._history_mean(users["history"], users["history_mask"]))
-        x = torch.cat(parts, dim=1)
-        return self.user_skip(x) + self.user_mlp(x)
+        return self.user_mix(torch.cat(parts, dim=1))
 
     def item_vectors(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
         """[n, embedding_dim] vectors for encoded items."""
@@ -143,8 +158,7 @@ class TwoTowerModel(nn.Module):
             parts.append(self.item_categorical(items["categorical"]))
         if self.item_numeric is not None:
             parts.append(self.item_numeric(items["numeric"]))
-        x = torch.cat(parts, dim=1)
-        return self.item_skip(x) + self.item_mlp(x)
+        return self.item_mix(torch.cat(parts, dim=1))
 
     def item_bias(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
         """[n] additive logit term of each encoded item."""

@@ -372,7 +372,7 @@ def _freeze_softmax_invariant(model: TwoTowerModel) -> None:
     processes. They stay at their initial values; as the same constant for
     every item of a user, they change no ranking.
     """
-    invariant = [model.item_mlp[-1].bias]
+    invariant = [model.item_mix.mlp[-1].bias] if model.item_mix.mlp is not None else []
     if model.item_numeric_bias is not None:
         invariant.append(model.item_numeric_bias.bias)
     for parameter in invariant:
