@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
     # out every one, so the towers read the user and item ids only (naming a
     # column the set lacks is an error). For data whose point-in-time
     # features mean little: on MovieLens under the stratified protocol the ids
-    # alone score best (docs/design.md, "Explicit feedback").
+    # alone score best (docs/design.md, "The stratified protocol").
     ignore_features: list[str] = []
     # What the model is fitted to:
     # - "bce": binary cross-entropy on every row of the training set (clicks

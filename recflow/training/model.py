@@ -16,7 +16,6 @@ from torch import nn
 from recflow.training.features import UNKNOWN_INDEX, Preprocessor
 
 
-
 class _CategoricalEmbedding(nn.Module):
     """Sum of one embedding per categorical column, all held in a single table.
 
@@ -72,9 +71,9 @@ class TwoTowerModel(nn.Module):
 
     The linear path gives the id embeddings a direct route to the dot
     product, as in matrix factorisation, which an MLP alone learns poorly
-    (Rendle et al., RecSys 2020): on MovieLens (stratified split, ids only)
-    it raised retrieval NDCG@10 from 0.279 to 0.313 at the same budget, and
-    left the synthetic world's unchanged.
+    (Rendle et al., RecSys 2020); a tower of the id embedding alone is that
+    embedding, and the model is then matrix factorisation with an item bias
+    (measurements: docs/design.md, "Towers").
 
     Item bias: a learned per-item scalar plus a linear term on the item's
     numeric features (popularity, CTR), so popular items can rank higher
