@@ -347,6 +347,11 @@ def _train(
             processes.world_size,
             output,
         )
+    if processes.world_size > 1:
+        # Every rank leaves together: a rank that tears its process group down
+        # while rank 0 is still exporting can leave rank 0 blocked in its own
+        # teardown (seen with gloo under load).
+        dist.barrier()
     return metrics
 
 

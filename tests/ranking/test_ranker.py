@@ -265,6 +265,7 @@ ranker, _, metrics = train_ranker(frame, config, rank=dist.get_rank(), world_siz
 if dist.get_rank() == 0:
     out = {{"scores": ranker.score(frame).tolist(), "losses": metrics["epoch_losses"]}}
     open({out!r}, "w").write(json.dumps(out))
+dist.barrier()  # leave together: see recflow.training.train
 dist.destroy_process_group()
 """
 

@@ -60,6 +60,7 @@ def main(training_set: str, out: str) -> None:
         grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
         torch.save({"loss": loss.detach(), "grads": grads}, out)
     if dist.is_initialized():
+        dist.barrier()  # leave together: see recflow.training.train
         dist.destroy_process_group()
 
 
