@@ -277,9 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"feature store, models and runs (default: {DEFAULT_WORKSPACE})")
     run.add_argument("--data-source", default="world:demo", help="world:<scale>, a MovieLens path or a dataset directory")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--protocol", default="time", choices=["time", "stratified"])
+    run.add_argument("--protocol", default="time", choices=["time", "stratified"],
+                     help="evaluation split; stratified also applies that protocol's model settings "
+                          "(recflow/pipeline/parameters.py, STRATIFIED_SETTINGS)")  # fmt: skip
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="any other pipeline parameter, e.g. --param epochs=3 (see pipelines/training_pipeline.py)")  # fmt: skip
+                     help="any other pipeline parameter, e.g. --param epochs=3 (see recflow/pipeline/parameters.py)")  # fmt: skip
     run.set_defaults(handler=cmd_pipeline_run)
     compile_ = pipeline.add_parser("compile", help="write the compiled pipeline YAML (checked into pipelines/)")
     compile_.add_argument("--output", help="default: pipelines/training_pipeline.yaml")
