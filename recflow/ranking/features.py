@@ -35,13 +35,14 @@ can have it, since history categories come from the same lookup.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recflow.training.features import ITEM_ID, TIMESTAMP
+from recflow.training.features import ITEM_ID, TIMESTAMP, Vocabulary
 
 HISTORY_COLUMN = "user_recent_item_ids"
 CATEGORY_COLUMN = "item_category"
@@ -60,6 +61,8 @@ CROSS_FEATURES = (
 
 def to_arrow(column: pd.Series | Sequence) -> pa.Array:
     """One contiguous Arrow array for a pandas column of any backend (NaN -> null)."""
+    if isinstance(column, pd.Series) and isinstance(column.dtype, np.dtype):
+        column = column.to_numpy()  # the same conversion, without Arrow probing the Series' attributes
     array = pa.array(column, from_pandas=True)
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
@@ -70,14 +73,18 @@ def to_strings(column: pd.Series | Sequence) -> pa.Array:
     array = to_arrow(column)
     if pa.types.is_null(array.type):
         return pa.nulls(len(array), pa.large_string())
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return array
     return array.cast(pa.large_string())
 
 
 class CategoryLookup:
     """Item id -> category, frozen at training time and saved with the ranker.
 
-    Held as Arrow arrays so a lookup of many ids is one ``index_in`` kernel
-    call. Items are kept sorted by id, so the saved form is deterministic.
+    Held as :class:`recflow.training.features.Vocabulary` objects, so a
+    lookup of many ids is one ``index_in`` kernel call and a lookup of a few
+    (one request's histories) a dict lookup. Items are kept sorted by id, so
+    the saved form is deterministic.
     """
 
     def __init__(self, mapping: Mapping[str, str | None]) -> None:
@@ -88,8 +95,8 @@ class CategoryLookup:
         self.item_ids: list[str] = items
         self.categories: list[str | None] = categories
         self.category_names: list[str] = sorted({c for c in categories if c is not None})
-        self._items = pa.array(items, pa.large_string())
-        self._category_vocab = pa.array(self.category_names, pa.large_string())
+        self._items = Vocabulary(items)
+        self._category_vocab = Vocabulary(self.category_names)
         codes = self.category_codes(pa.array(categories, pa.large_string()))
         # Position len(items) is the "not in the lookup" slot: category code -1.
         self._item_codes = np.append(codes, -1)
@@ -128,14 +135,11 @@ class CategoryLookup:
 
     def category_codes(self, categories: pa.Array) -> np.ndarray:
         """Index of each category in :attr:`category_names`; -1 for null or unseen."""
-        positions = pc.index_in(categories, value_set=self._category_vocab)
-        return pc.fill_null(positions, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return self._category_vocab.positions(categories)
 
     def item_category_codes(self, item_ids: pa.Array) -> np.ndarray:
         """Category code of each item id; -1 for items not in the lookup or without a category."""
-        positions = pc.index_in(item_ids, value_set=self._items)
-        positions = pc.fill_null(positions, len(self.item_ids)).to_numpy(zero_copy_only=False)
-        return self._item_codes[positions]
+        return self._item_codes[self._items.positions(item_ids)]  # -1 (not in the lookup) -> the last slot
 
 
 def _is_missing(value) -> bool:
@@ -159,7 +163,7 @@ def float_values(column: pd.Series) -> np.ndarray:
     return array.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
-def _epoch_seconds(column: pd.Series) -> np.ndarray:
+def epoch_seconds(column: pd.Series) -> np.ndarray:
     """float64 epoch seconds of a timestamp or numeric (epoch seconds) column; NaN for nulls."""
     dtype = column.dtype
     if isinstance(dtype, pd.DatetimeTZDtype) or dtype.kind == "M":
@@ -216,35 +220,105 @@ def cross_feature_arrays(
 ) -> dict[str, np.ndarray]:
     """:func:`cross_features` as a dict of float64 arrays (the ranker's scoring path: no DataFrame)."""
     n = len(frame)
-    out = {name: np.full(n, np.nan) for name in CROSS_FEATURES}
+    candidate = candidate_categories(frame, lookup, category_column)
+    codes, null = candidate if candidate is not None else (np.full(n, -1), np.ones(n, dtype=bool))
+    history = None
+    if history_column in frame.columns and n:
+        history = HistoryCategories.of(frame[history_column], lookup)
+    return combine_cross_features(
+        codes,
+        null,
+        history,
+        now=epoch_seconds(frame[TIMESTAMP]) if TIMESTAMP in frame.columns else None,
+        item_created=epoch_seconds(frame[ITEM_CREATED_COLUMN]) if ITEM_CREATED_COLUMN in frame.columns else None,
+        last_click=epoch_seconds(frame[LAST_CLICK_COLUMN]) if LAST_CLICK_COLUMN in frame.columns else None,
+        max_history=max_history,
+    )
 
+
+# The parts of a row the cross features read, each computable on its own:
+# the ranker computes the candidate's parts once per snapshot item and the
+# history's once per user, then combines them for every (user, candidate) row
+# with the same function the frame path above uses.
+
+
+def candidate_categories(
+    frame: pd.DataFrame, lookup: CategoryLookup, category_column: str = CATEGORY_COLUMN
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(category code, category is null) of each row's candidate; None when `frame` can tell neither.
+
+    Read from `category_column`, or looked up by `item_id` when the frame has no such column.
+    """
     if category_column in frame.columns:
         raw_categories = to_strings(frame[category_column])
-        candidate = lookup.category_codes(raw_categories)
-        candidate_null = raw_categories.is_null().to_numpy(zero_copy_only=False)
-    elif ITEM_ID in frame.columns:
-        candidate = lookup.item_category_codes(to_strings(frame[ITEM_ID]))
-        candidate_null = candidate < 0
-    else:
-        candidate, candidate_null = np.full(n, -1), np.ones(n, dtype=bool)
+        return lookup.category_codes(raw_categories), raw_categories.is_null().to_numpy(zero_copy_only=False)
+    if ITEM_ID in frame.columns:
+        codes = lookup.item_category_codes(to_strings(frame[ITEM_ID]))
+        return codes, codes < 0
+    return None
 
-    if history_column in frame.columns and n:
-        lists = to_arrow(frame[history_column])
+
+@dataclass(frozen=True)
+class HistoryCategories:
+    """Category codes of the items of each row's history, flattened (each row's items newest last)."""
+
+    codes: np.ndarray  # int64 [sum(lengths)]; -1 where the item has no known category
+    lengths: np.ndarray  # int64 [rows]: history items per row (0 for a null history)
+
+    @classmethod
+    def of(cls, column: pd.Series, lookup: CategoryLookup) -> HistoryCategories:
+        lists = to_arrow(column)
         if pa.types.is_null(lists.type):
-            lists = pa.nulls(n, pa.list_(pa.large_string()))
+            lists = pa.nulls(len(column), pa.list_(pa.large_string()))
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        flat_codes = lookup.item_category_codes(to_strings(lists.flatten()))
-        rows = np.repeat(np.arange(n), lengths)
+        return cls(lookup.item_category_codes(to_strings(lists.flatten())), lengths)
+
+
+def _take_ragged(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of `values` (``lengths[i]`` items for row i, in row order) of `rows`, concatenated."""
+    starts = np.cumsum(lengths) - lengths
+    taken = lengths[rows]
+    offsets = np.arange(int(taken.sum())) - np.repeat(np.cumsum(taken) - taken, taken)
+    return values[np.repeat(starts[rows], taken) + offsets], taken
+
+
+def combine_cross_features(
+    candidate: np.ndarray,
+    candidate_null: np.ndarray,
+    history: HistoryCategories | None,
+    *,
+    history_rows: np.ndarray | None = None,
+    now: np.ndarray | None = None,
+    item_created: np.ndarray | None = None,
+    last_click: np.ndarray | None = None,
+    max_history: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The :data:`CROSS_FEATURES` of rows given by parts (see the module docstring for the values).
+
+    Per row: the candidate's category code and null flag, and epoch seconds
+    of the row's timestamp (`now`), the candidate's creation and the user's
+    last click (None: NaN features). `history` holds the histories' category
+    codes; row i reads history ``history_rows[i]`` (default: history i), so
+    a request's histories are looked up once per user, not once per row.
+    """
+    n = len(candidate)
+    out = {name: np.full(n, np.nan) for name in CROSS_FEATURES}
+
+    if history is not None:
+        codes, lengths = history.codes, history.lengths
         ends = np.cumsum(lengths)
         has_history = lengths > 0
-        last_codes = np.full(n, -1)
-        last_codes[has_history] = flat_codes[ends[has_history] - 1]  # newest item of each row
+        last_codes = np.full(len(lengths), -1)
+        last_codes[has_history] = codes[ends[has_history] - 1]  # newest item of each history
         if max_history is not None:
-            position_from_end = np.repeat(ends, lengths) - np.arange(len(flat_codes))  # 1 = newest
-            kept = position_from_end <= max_history
-            rows, flat_codes = rows[kept], flat_codes[kept]
-        known = flat_codes >= 0
-        match = known & (flat_codes == candidate[rows])
+            position_from_end = np.repeat(ends, lengths) - np.arange(len(codes))  # 1 = newest
+            codes, lengths = codes[position_from_end <= max_history], np.minimum(lengths, max(max_history, 0))
+        if history_rows is not None:
+            last_codes = last_codes[history_rows]
+            codes, lengths = _take_ragged(codes, lengths, history_rows)
+        rows = np.repeat(np.arange(n), lengths)
+        known = codes >= 0
+        match = known & (codes == candidate[rows])
         count = np.bincount(rows[match], minlength=n).astype(np.float64)
         known_count = np.bincount(rows[known], minlength=n).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -256,10 +330,9 @@ def cross_feature_arrays(
         same_last = ((last_codes >= 0) & (last_codes == candidate)).astype(np.float64)
         out["cross_last_item_same_category"] = np.where(valid, same_last, np.nan)
 
-    if TIMESTAMP in frame.columns:
-        now = _epoch_seconds(frame[TIMESTAMP])
-        if ITEM_CREATED_COLUMN in frame.columns:
-            out["cross_log_item_age_hours"] = _log_hours(now, _epoch_seconds(frame[ITEM_CREATED_COLUMN]))
-        if LAST_CLICK_COLUMN in frame.columns:
-            out["cross_log_hours_since_last_click"] = _log_hours(now, _epoch_seconds(frame[LAST_CLICK_COLUMN]))
+    if now is not None:
+        if item_created is not None:
+            out["cross_log_item_age_hours"] = _log_hours(now, item_created)
+        if last_click is not None:
+            out["cross_log_hours_since_last_click"] = _log_hours(now, last_click)
     return out

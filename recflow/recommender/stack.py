@@ -10,17 +10,25 @@ which the caller reads from the feature service the bundle names.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from recflow.reranking.rerank import RerankConfig, rerank_batch
+from recflow.reranking.rerank import RerankConfig, rerank_lists
+
+log = logging.getLogger(__name__)
 
 STACK_FILE = "stack.json"
 CATEGORY_COLUMN = "item_category"
+# Columns of the ranking frame that belong to a (user, candidate) row, not to either side.
+RETRIEVAL_SCORE = "retrieval_score"
+TIMESTAMP = "event_timestamp"
 
 
 class StackConfig(BaseModel):
@@ -38,15 +46,61 @@ class StackConfig(BaseModel):
     rerank: RerankConfig = RerankConfig(mmr_lambda=0.9)
 
 
+@dataclass
+class StageTrace:
+    """One call's seconds per stage and the fallbacks it took.
+
+    With ``degrade`` (serving), a failing ANN index falls back to exact
+    search over the item vectors and a failing ranker to the retrieval
+    order, each named in ``fallbacks``; without it (evaluation) they raise:
+    a degraded stack must never be scored as if it were the model.
+    """
+
+    degrade: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+
+
 class RecommenderStack:
-    def __init__(self, retrieval, index, ranker, items: pd.DataFrame, config: StackConfig, transforms=()):
-        """``transforms``: functions adding derived columns (on-demand features) to the ranking frame."""
+    """The three stages over a fixed item snapshot; :meth:`recommend` serves a batch of users.
+
+    Offline evaluation calls it with thousands of users at once, the model
+    server with micro-batches of 1 to 16, where a call's fixed cost is most of
+    its cost. So everything that depends on the snapshot alone is prepared
+    here, once: where each index position sits in the snapshot, its category,
+    and the ranker's encoding of every snapshot item. A request then encodes
+    its few users once and gathers the rest for its (user, candidate) rows;
+    the scores are those of the ranker on the joined frame (see
+    :meth:`recflow.ranking.model.Ranker.score_candidates`), so evaluation and
+    serving still share every line. ``benchmarks/stack_latency.py`` times it.
+    """
+
+    def __init__(
+        self, retrieval, index, ranker, items: pd.DataFrame, config: StackConfig, transforms=(), exact_vectors=None
+    ):
+        """``transforms``: functions adding derived columns (on-demand features) to the ranking frame.
+
+        ``exact_vectors``: the index's item vectors and biases, in its item
+        order (the bundle's ``item_embeddings.npy``, ``item_bias.npy``), for
+        exact search when the index fails.
+        """
         self.retrieval = retrieval
+        self.exact_vectors = exact_vectors
+        self._exact_position = {item: position for position, item in enumerate(index.item_ids)}
         self.index = index
         self.ranker = ranker if config.use_ranker else None
         self.items = items.set_index("item_id", drop=False)
         self.config = config
         self.transforms = list(transforms)
+        if not self.items.index.is_unique:
+            raise ValueError("the item snapshot lists an item_id more than once")
+        self._item_ids = np.array(index.item_ids, dtype=str)  # re-ranking reads ids as a numpy string array
+        # Snapshot row of each index position (-1: not in the snapshot), and its category (NaN if not).
+        self._snapshot_rows = self.items.index.get_indexer(index.item_ids)
+        self._categories = np.append(self.items[CATEGORY_COLUMN].to_numpy(), np.nan)[self._snapshot_rows]
+        if self.ranker is not None:
+            self._ranker_items = self.ranker.encode_columns(items)
+            self._item_columns = {name: column for name, column in self.items.reset_index(drop=True).items()}
 
     def recommend(
         self,
@@ -55,51 +109,116 @@ class RecommenderStack:
         exclude: Mapping[str, Collection[str]],
         at: pd.Timestamp,
         stages: dict[str, dict[str, list[str]]] | None = None,
+        trace: StageTrace | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Top-k ``(item_id, score)`` for every row of ``users`` (user_id + user features).
 
         ``at`` is the request instant (cross features measure ages from it).
         When ``stages`` is given, each stage's top-k per user is recorded in it
-        (for the stage report).
+        (for the stage report); ``trace`` records timings and, when it says
+        so, turns stage failures into fallbacks.
         """
+        trace = trace if trace is not None else StageTrace()
+        started = time.perf_counter()
         user_ids = users["user_id"].astype(str).tolist()
         vectors = self.retrieval.user_vectors(users)
         seen = [exclude.get(user, ()) for user in user_ids]
-        candidate_ids, candidate_scores = self.index.search(vectors, self.config.candidates, seen)
-        rows = pd.DataFrame(
-            {
-                "user_row": np.repeat(np.arange(len(user_ids)), candidate_ids.shape[1]),
-                "item_id": candidate_ids.ravel(),
-                "retrieval_score": candidate_scores.ravel().astype(np.float64),
-            }
-        )
-        rows = rows[rows["item_id"].notna()].reset_index(drop=True)
-        rows["user_id"] = np.asarray(user_ids, dtype=object)[rows["user_row"].to_numpy()]
+        try:
+            positions, retrieval_scores = self.index.search_positions(vectors, self.config.candidates, seen)
+        except Exception as error:
+            if not trace.degrade or self.exact_vectors is None:
+                raise
+            log.warning("ANN search failed, searching exactly: %s: %s", type(error).__name__, error)
+            trace.fallbacks.append("ann_failure")
+            positions, retrieval_scores = self._exact_search(vectors, seen)
+        ranking_started = time.perf_counter()
+        trace.seconds["retrieval"] = ranking_started - started
+        # One (user, candidate) row per found candidate, user by user, in retrieval order.
+        user_rows, ranks = np.nonzero(positions >= 0)
+        positions = positions[user_rows, ranks]
+        retrieval_scores = retrieval_scores[user_rows, ranks].astype(np.float64)
+        item_ids = self._item_ids[positions]
+        scores = retrieval_scores
         if self.ranker is not None:
-            frame = pd.concat(
-                [
-                    users.iloc[rows["user_row"].to_numpy()].reset_index(drop=True),
-                    self.items.loc[rows["item_id"].to_numpy()].reset_index(drop=True),
-                    rows[["retrieval_score"]],
-                ],
-                axis=1,
-            )
-            frame["event_timestamp"] = at
-            for transform in self.transforms:
-                frame = pd.concat([frame, transform(frame)], axis=1)
-            rows["score"] = self.ranker.score(frame)
-        else:
-            rows["score"] = rows["retrieval_score"]
-        rows["category"] = self.items[CATEGORY_COLUMN].reindex(rows["item_id"].to_numpy()).to_numpy()
+            try:
+                scores = self._rank(users, user_rows, positions, retrieval_scores, at)
+            except Exception as error:
+                if not trace.degrade:
+                    raise
+                log.warning("ranker failed, serving the retrieval order: %s: %s", type(error).__name__, error)
+                trace.fallbacks.append("ranker_failure")
+        reranking_started = time.perf_counter()
+        trace.seconds["ranking"] = reranking_started - ranking_started
+        candidates = {
+            "user_id": np.array(user_ids, dtype=str)[user_rows],
+            "item_id": item_ids,
+            "score": scores,
+            "category": self._categories[positions],
+        }
         if stages is not None:
+            rows = pd.DataFrame({"user_row": user_rows, "retrieval_score": retrieval_scores, **candidates})
             stages["retrieval"] = _top(rows, "retrieval_score", k)
             stages["ranking"] = _top(rows, "score", k)
-        reranked = rerank_batch(rows[["user_id", "item_id", "score", "category"]], k, seen=exclude, config=self.config.rerank)
-        by_user = {user: list(zip(group["item_id"], group["score"])) for user, group in reranked.groupby("user_id", sort=False)}
+        # The batch's own exclusions (retrieval already left them out): `exclude` may hold every user of an evaluation.
+        batch_seen = {user: items for user, items in zip(user_ids, seen) if items}
+        by_user = rerank_lists(candidates, k, seen=batch_seen, config=self.config.rerank)
         result = [by_user.get(user, []) for user in user_ids]
+        trace.seconds["reranking"] = time.perf_counter() - reranking_started
         if stages is not None:
             stages["re-ranking"] = {user: [item for item, _ in items] for user, items in zip(user_ids, result)}
         return result
+
+    def _exact_search(self, vectors: np.ndarray, seen: list[Collection[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """What ``index.search_positions`` returns, by brute force in numpy (no faiss, no index file)."""
+        item_vectors, item_bias = self.exact_vectors
+        scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(item_vectors, dtype=np.float32).T
+        scores += np.asarray(item_bias, dtype=np.float32)
+        for row, items in enumerate(seen):
+            excluded = [self._exact_position[item] for item in items if item in self._exact_position]
+            scores[row, excluded] = -np.inf
+        n = min(self.config.candidates, scores.shape[1])
+        # Best first; equal scores by position, as a flat index returns them.
+        order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :n]
+        best = np.take_along_axis(scores, order, axis=1)
+        return np.where(np.isfinite(best), order, -1), best
+
+    def _rank(
+        self, users: pd.DataFrame, user_rows: np.ndarray, positions: np.ndarray, retrieval_scores: np.ndarray, at
+    ) -> np.ndarray:
+        """The ranker's score of every (user, candidate) row, from the users and the encoded snapshot.
+
+        The on-demand transforms are the one part that reads joined rows: a
+        transform may combine user and item columns (and the timestamp) in
+        any way, so it gets exactly the frame it got before, every user and
+        item column gathered to every row, and its output columns are scored
+        as per-row columns. Everything else is encoded once per user or per
+        snapshot item (``Ranker.score_candidates``).
+        """
+        item_rows = self._snapshot_rows[positions]
+        if (item_rows < 0).any():
+            missing = sorted({self.index.item_ids[p] for p in positions[item_rows < 0]})
+            raise KeyError(f"candidates not in the stack's item snapshot: {missing[:5]}")
+        rows = {RETRIEVAL_SCORE: retrieval_scores, TIMESTAMP: at}
+        if self.transforms:
+            joined = {name: _take(column, user_rows) for name, column in users.items()}
+            joined.update((name, _take(column, item_rows)) for name, column in self._item_columns.items())
+            # copy=False: the arrays are this request's own; pandas would copy them into blocks.
+            frame = pd.DataFrame({**joined, **rows}, copy=False)
+            rows = {RETRIEVAL_SCORE: frame[RETRIEVAL_SCORE], TIMESTAMP: frame[TIMESTAMP]}
+            for number, transform in enumerate(self.transforms, start=1):
+                output = transform(frame)
+                rows.update(output.items())
+                if number < len(self.transforms):  # a later transform may read an earlier one's columns
+                    frame = pd.concat([frame, output], axis=1)
+        rows = pd.DataFrame(rows, copy=False)
+        return self.ranker.score_candidates(rows, users, user_rows, self._ranker_items, item_rows)
+
+
+def _take(column: pd.Series, rows: np.ndarray):
+    """``column.iloc[rows]`` as an array (same dtype), without building an indexed Series."""
+    if isinstance(column.dtype, np.dtype):
+        return column.to_numpy()[rows]
+    return column.array.take(rows)
 
 
 def _top(rows: pd.DataFrame, column: str, k: int) -> dict[str, list[str]]:

@@ -34,8 +34,9 @@ The returned score of each item is its input score (the ranker's), not the
 MMR objective: the order carries the re-ranking.
 
 :func:`rerank_batch` runs the same greedy selection for many users at once
-(numpy over a [users, candidates] matrix, k steps); :func:`rerank` is the
-one-user call of the same code, so both give identical lists.
+(numpy over a [users, candidates] matrix, k steps); :func:`rerank_lists` is
+it with the result as per-user lists, :func:`rerank` the one-user call of the
+same code, so all give identical lists.
 """
 
 from __future__ import annotations
@@ -92,12 +93,32 @@ def _column(candidates, name: str, required: bool = True):
     return None
 
 
+def _strings(values) -> np.ndarray:
+    """Ids as a numpy string array (``str()`` of each value); an array of strings is taken as it is."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+        return values
+    return np.asarray(values, dtype=object).astype(str)
+
+
 def _category_codes(categories: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(codes with -1 for missing, the category names): codes index the sorted names."""
     if categories is None:
         return np.full(n, -1, dtype=np.int64), np.empty(0, dtype=object)
-    codes, names = pd.factorize(pd.Series(categories, dtype=object), sort=True)
+    codes, names = pd.factorize(np.asarray(categories, dtype=object), sort=True)
     return codes.astype(np.int64), np.asarray(names, dtype=object)
+
+
+def _codes_in_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each value, the distinct values): codes number the values in order of first appearance.
+
+    ``pd.factorize(values)`` for arrays of strings, through numpy's sort,
+    which is several times faster on the few hundred ids of a request.
+    """
+    names, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    codes = np.empty(len(order), dtype=np.int64)
+    codes[order] = np.arange(len(order))
+    return codes[inverse], names[order]
 
 
 def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
@@ -135,56 +156,70 @@ def _greedy_mmr(
 ) -> np.ndarray:
     """[U, k] column indices picked per user row, -1 once a row has nothing left.
 
-    Columns are sorted by item id within each row, so the first of several
-    exact ties (``argmax``) is the smallest id.
+    Columns are sorted by item id within each row. Ties of the objective go
+    to the higher relevance, then the higher raw score, then the smaller item
+    id: that order does not change between steps, so it is ranked once
+    (``preference``) and each step takes the most preferred of its tied
+    candidates. A request runs k steps over a small matrix, where every numpy
+    call costs microseconds whatever its size, so each step does few of them.
     """
     users, width = relevance.shape
     lam = config.mmr_lambda
     picks = np.full((users, k), -1, dtype=np.int64)
     available = valid.copy()
-    redundancy_max = np.zeros((users, width))
-    redundancy_sum = np.zeros((users, width))
+    cap = config.max_per_category if num_categories else None
+    mean_redundancy = config.redundancy == "mean"
+    redundancy = np.zeros((users, width))  # max, or sum for "mean", of the similarities to the picks
     per_category = np.zeros((users, num_categories + 1), dtype=np.int64)  # last column: no category
     rows = np.arange(users)
     known = codes >= 0
+    category_slot = np.where(known, codes, num_categories)
+    weighted_relevance = lam * relevance
+    preference = _preference(relevance, scores)
+    # Category codes as floats with NaN for "no category": NaN equals nothing, not even NaN,
+    # so one comparison says "same category" (an item without one resembles nothing).
+    categories = np.where(known, codes, np.nan)
     for step in range(min(k, width)):
         allowed = available
-        if config.max_per_category is not None and num_categories:
-            full = np.take_along_axis(per_category, np.where(known, codes, num_categories), axis=1)
-            allowed = available & ~(known & (full >= config.max_per_category))
-        if not allowed.any():
+        if cap is not None:
+            full = np.take_along_axis(per_category, category_slot, axis=1)
+            allowed = available & ~(known & (full >= cap))
+        current = redundancy / step if mean_redundancy and step else redundancy
+        objective = np.where(allowed, weighted_relevance - (1.0 - lam) * current, -np.inf)
+        tied = allowed & (objective == objective.max(axis=1, keepdims=True))
+        ranked = np.where(tied, preference, width)
+        choice = ranked.argmin(axis=1)
+        has_choice = ranked[rows, choice] < width
+        if not has_choice.any():
             break
-        if step == 0:
-            redundancy = redundancy_max
-        elif config.redundancy == "max":
-            redundancy = redundancy_max
-        else:
-            redundancy = redundancy_sum / step
-        objective = np.where(allowed, lam * relevance - (1.0 - lam) * redundancy, -np.inf)
-        # Lexicographic argmax: objective, then relevance, then raw score, then column (item id).
-        best = objective.max(axis=1, keepdims=True)
-        tied = allowed & (objective == best)
-        for key in (relevance, scores):
-            masked = np.where(tied, key, -np.inf)
-            tied &= masked == masked.max(axis=1, keepdims=True)
-        choice = tied.argmax(axis=1)
-        has_choice = tied.any(axis=1)
-        picks[has_choice, step] = choice[has_choice]
-        active = rows[has_choice]
-        chosen = choice[has_choice]
-        available[active, chosen] = False
-        chosen_codes = codes[active, chosen]
-        per_category[active, np.where(chosen_codes >= 0, chosen_codes, num_categories)] += 1
+        # Every row is updated, chosen or not: a row without a choice (nothing
+        # allowed, or a NaN objective) never gets one later, whatever its state.
+        picks[:, step] = np.where(has_choice, choice, -1)
+        available[rows, choice] = False
+        if cap is not None:
+            per_category[rows, category_slot[rows, choice]] += 1
         if vectors is not None:
-            similarity = np.einsum("ucd,ud->uc", vectors[active], vectors[active, chosen])
+            similarity = np.einsum("ucd,ud->uc", vectors, vectors[rows, choice])
         else:
-            similarity = ((codes[active] == chosen_codes[:, None]) & (chosen_codes[:, None] >= 0)).astype(np.float64)
-        redundancy_max[active] = np.maximum(redundancy_max[active], similarity)
-        redundancy_sum[active] += similarity
-        if step == 0:
+            similarity = categories == categories[rows, choice][:, None]  # bool: 1.0 / 0.0 below
+        if mean_redundancy:
+            redundancy += similarity
+        elif step == 0:
             # Before the first pick nothing is redundant; afterwards a max starts from the true value.
-            redundancy_max[active] = similarity
+            redundancy[:] = similarity
+        else:
+            np.maximum(redundancy, similarity, out=redundancy)
     return picks
+
+
+def _preference(relevance: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """[U, C] rank of each column within its row by (relevance desc, score desc, column asc); 0 = first."""
+    users, width = relevance.shape
+    columns, rows = np.tile(np.arange(width), users), np.repeat(np.arange(users), width)
+    order = np.lexsort((columns, -scores.ravel(), -relevance.ravel(), rows))  # the last key sorts first
+    ranks = np.empty(users * width, dtype=np.int64)
+    ranks[order] = np.arange(users * width)
+    return ranks.reshape(users, width) - np.arange(users)[:, None] * width
 
 
 def _prepare_config(config: RerankConfig | None, embeddings) -> RerankConfig:
@@ -195,7 +230,7 @@ def _prepare_config(config: RerankConfig | None, embeddings) -> RerankConfig:
 
 
 def rerank_batch(
-    candidates: pd.DataFrame,
+    candidates: pd.DataFrame | Mapping[str, Sequence],
     k: int,
     seen: Mapping[str, Collection[str]] | None = None,
     config: RerankConfig | None = None,
@@ -205,29 +240,62 @@ def rerank_batch(
 
     `candidates` has one row per (user, candidate): ``user_id``, ``item_id``,
     ``score`` and optionally ``category`` (or ``item_category``) and
-    ``age_hours``; `embeddings` is an optional [len(candidates), d] array
-    row-aligned with it. `seen` maps a user to the items they already
-    interacted with. Returns ``user_id, item_id, score, rank`` (rank 1 = top),
-    users in order of first appearance.
+    ``age_hours``, as a DataFrame or a mapping of equal-length columns;
+    `embeddings` is an optional [rows, d] array row-aligned with it. `seen`
+    maps a user to the items they already interacted with. Returns
+    ``user_id, item_id, score, rank`` (rank 1 = top), users in order of first
+    appearance.
     """
+    users, items, scores, ranks = _rerank_batch(candidates, k, seen, config, embeddings)
+    return pd.DataFrame(
+        {
+            USER_ID: users if len(users) else np.empty(0, dtype=object),
+            ITEM_ID: items,
+            SCORE: scores,
+            RANK: ranks,
+        }
+    )
+
+
+def rerank_lists(
+    candidates: pd.DataFrame | Mapping[str, Sequence],
+    k: int,
+    seen: Mapping[str, Collection[str]] | None = None,
+    config: RerankConfig | None = None,
+    embeddings: np.ndarray | None = None,
+) -> dict[str, list[tuple[str, float]]]:
+    """:func:`rerank_batch` as each user's list ``[(item_id, score), ...]``, best first.
+
+    The same selection, without the long DataFrame (what a request of a few
+    users would mostly spend its re-ranking time building); users with
+    nothing left are absent.
+    """
+    lists: dict[str, list[tuple[str, float]]] = {}
+    users, items, scores, _ = _rerank_batch(candidates, k, seen, config, embeddings)
+    for user, item, score in zip(users.tolist(), items.tolist(), scores.tolist()):
+        lists.setdefault(user, []).append((item, score))
+    return lists
+
+
+def _rerank_batch(
+    candidates, k: int, seen, config: RerankConfig | None, embeddings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(user, item, score, rank) of every pick, users in order of first appearance, ranks ascending."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     config = _prepare_config(config, embeddings)
-    n = len(candidates)
-    users = np.asarray(candidates[USER_ID].to_numpy(), dtype=object).astype(str) if n else np.empty(0, str)
-    items = np.asarray(_column(candidates, ITEM_ID), dtype=object).astype(str) if n else np.empty(0, str)
     scores = np.asarray(_column(candidates, SCORE), dtype=np.float64)
+    n = len(scores)
+    users = _strings(_column(candidates, USER_ID)) if n else np.empty(0, str)
+    items = _strings(_column(candidates, ITEM_ID)) if n else np.empty(0, str)
     raw_categories = _column(candidates, CATEGORY, required=False)
     ages = _column(candidates, AGE_HOURS, required=False)
     ages = None if ages is None else np.asarray(ages, dtype=np.float64)
 
     keep = _filters(items, scores, raw_categories, ages, config)
+    user_codes, user_names = _codes_in_order(users)
     if config.exclude_seen and seen and n:
-        pairs = [(str(user), str(item)) for user, user_items in seen.items() for item in user_items]
-        if pairs:
-            seen_index = pd.MultiIndex.from_tuples(pairs)
-            keep &= ~pd.MultiIndex.from_arrays([users, items]).isin(seen_index)
-    user_codes, user_names = pd.factorize(users, sort=False)
+        keep &= ~_seen_rows(user_codes, user_names, items, seen)
     rows = _select(
         user_codes[keep], items[keep], scores[keep],
         None if raw_categories is None else raw_categories[keep],
@@ -238,14 +306,32 @@ def rerank_batch(
     kept_index = np.flatnonzero(keep)
     picked_users, picked_rows, ranks = rows
     source = kept_index[picked_rows]
-    return pd.DataFrame(
-        {
-            USER_ID: user_names[picked_users] if len(picked_users) else np.empty(0, dtype=object),
-            ITEM_ID: items[source],
-            SCORE: scores[source],
-            RANK: ranks,
-        }
-    )
+    return user_names[picked_users], items[source], scores[source], ranks
+
+
+def _seen_rows(
+    user_codes: np.ndarray, user_names: np.ndarray, items: np.ndarray, seen: Mapping[str, Collection[str]]
+) -> np.ndarray:
+    """Rows whose (user, item) pair `seen` lists (ids compared as strings).
+
+    Only the users present in the batch are read, and the pairs are compared
+    as integer codes: ``seen`` may hold every user of an evaluation.
+    """
+    position = {name: code for code, name in enumerate(user_names)}
+    seen_users: list[int] = []
+    seen_items: list[str] = []
+    for user, user_items in seen.items():
+        code = position.get(str(user))
+        if code is not None:
+            listed = [str(item) for item in user_items]
+            seen_users += [code] * len(listed)
+            seen_items += listed
+    if not seen_items:
+        return np.zeros(len(items), dtype=bool)
+    item_names, item_codes = np.unique(np.concatenate([items, np.array(seen_items, dtype=str)]), return_inverse=True)
+    row_pairs = user_codes * len(item_names) + item_codes[: len(items)]
+    seen_pairs = np.array(seen_users, dtype=np.int64) * len(item_names) + item_codes[len(items) :]
+    return np.isin(row_pairs, seen_pairs)
 
 
 def rerank(
@@ -264,7 +350,7 @@ def rerank(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     config = _prepare_config(config, embeddings)
-    items = np.asarray(_column(candidates, ITEM_ID), dtype=object).astype(str)
+    items = _strings(_column(candidates, ITEM_ID))
     scores = np.asarray(_column(candidates, SCORE), dtype=np.float64)
     raw_categories = _column(candidates, CATEGORY, required=False)
     ages = _column(candidates, AGE_HOURS, required=False)
@@ -314,7 +400,7 @@ def _select(
     if n == 0:
         return empty, empty, empty
     # Sort by (user, item id, score descending); the first row of each (user, item) is its best score.
-    item_codes = pd.factorize(items, sort=True)[0]
+    item_codes = np.unique(items, return_inverse=True)[1]  # codes in item id order
     order = np.lexsort((-scores, item_codes, user_codes))
     first = np.ones(n, dtype=bool)
     first[1:] = (user_codes[order][1:] != user_codes[order][:-1]) | (item_codes[order][1:] != item_codes[order][:-1])

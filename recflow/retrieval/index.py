@@ -151,7 +151,7 @@ class ItemIndex:
             if self.kind == "hnsw":
                 self.index.hnsw.efSearch = max(self.ef_search, fetch)
             found_scores, found = self.index.search(queries[block], fetch)
-            if block_excluded is None:
+            if not most_excluded:  # nothing to drop: the common serving case, without a loop over users
                 positions[block, : found.shape[1]] = found[:, :n]
                 scores[block, : found.shape[1]] = found_scores[:, :n]
                 continue

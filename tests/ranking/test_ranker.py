@@ -193,6 +193,45 @@ def test_batch_scoring_equals_per_user_scoring(split, trained):
     np.testing.assert_allclose(batch, one_by_one, rtol=1e-5, atol=1e-7)
 
 
+def test_scoring_users_x_a_snapshot_equals_scoring_the_joined_frame(split, trained):
+    """score_candidates (each user and snapshot item encoded once, then gathered) == score of the joined rows.
+
+    Includes an unknown user, a null history, a snapshot item the ranker never
+    saw, and a per-row column that shadows a user's column of the same name.
+    """
+    ranker = trained[0]
+    held_out = split[1]
+    user_columns = [c for c in held_out.columns if c.startswith("user_")]
+    item_columns = [c for c in held_out.columns if c.startswith("item_")]
+    users = held_out[user_columns].iloc[:6].reset_index(drop=True)
+    users.loc[4, "user_id"] = "new-user"
+    users.loc[5, "user_recent_item_ids"] = None
+    items = held_out[item_columns].drop_duplicates("item_id").reset_index(drop=True)
+    items.loc[0, ["item_id", "item_category"]] = ["new-item", "new-category"]
+
+    rng = np.random.default_rng(0)
+    user_rows = np.repeat(np.arange(len(users)), 30)
+    item_rows = rng.integers(0, len(items), len(user_rows))
+    rows = pd.DataFrame(
+        {
+            RETRIEVAL_SCORE: rng.normal(0.0, 1.0, len(user_rows)),
+            "event_timestamp": pd.Timestamp("2024-03-25", tz="UTC"),
+            "user_clicks_7d": rng.poisson(3, len(user_rows)).astype(np.float64),  # a per-row value wins
+        }
+    )
+    joined = pd.concat(
+        [
+            users.drop(columns=["user_clicks_7d"]).iloc[user_rows].reset_index(drop=True),
+            items.iloc[item_rows].reset_index(drop=True),
+            rows,
+        ],
+        axis=1,
+    )
+    fast = ranker.score_candidates(rows, users, user_rows, ranker.encode_columns(items), item_rows)
+    np.testing.assert_array_equal(fast, ranker.score(joined))
+    assert ranker.score_candidates(rows.iloc[:0], users, user_rows[:0], ranker.encode_columns(items), item_rows[:0]).shape == (0,)
+
+
 def test_more_history_in_a_category_moves_its_items_up(split, trained):
     ranker = trained[0]
     train = split[0]

@@ -15,7 +15,7 @@ import pytest
 
 from recflow.ranking.model import RETRIEVAL_SCORE, RankerConfig, train_ranker
 from recflow.recommender.stack import RecommenderStack, StackConfig
-from recflow.reranking.rerank import RerankConfig
+from recflow.reranking.rerank import RerankConfig, rerank_batch
 from recflow.retrieval.index import ItemIndex
 from recflow.training.config import TrainConfig
 from recflow.training.features import FeatureSpec
@@ -133,3 +133,88 @@ def test_a_stronger_signal_for_a_category_moves_its_items_up(stack):
 
     print(f"\nnews items in the top 10: {news_in(lists[0])} with a weak signal, {news_in(lists[1])} with a strong one")
     assert news_in(lists[1]) >= news_in(lists[0]) + 3
+
+
+# ----------------------------------------------------------------------------- the request path
+
+
+def _on_demand(frame: pd.DataFrame) -> pd.DataFrame:
+    """An on-demand transform, as Feast's are: a function of the joined (user, candidate) rows.
+
+    Its item_* column depends on the user too: only computing it row by row gets it right.
+    """
+    out = pd.DataFrame(index=frame.index)
+    out["user_log_clicks"] = np.log1p(frame["user_clicks_7d"])
+    out["item_ctr_for_user"] = frame["item_ctr_7d"] * np.log1p(frame["user_clicks_7d"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def transformed_stack(stack) -> RecommenderStack:
+    """The stack's retrieval with a ranker that also reads the transform's columns (and no column left out)."""
+    frame = _frame(seed=1)
+    item_vectors, item_bias = stack.retrieval.item_vectors(frame)
+    frame[RETRIEVAL_SCORE] = (stack.retrieval.user_vectors(frame) * item_vectors).sum(axis=1) + item_bias
+    frame = pd.concat([frame, _on_demand(frame)], axis=1)
+    ranker, _, _ = train_ranker(frame, RankerConfig(epochs=1, batch_size=256))
+    assert {"user_log_clicks", "item_ctr_for_user"} <= set(ranker.config.feature_spec.feature_columns())
+    return RecommenderStack(stack.retrieval, stack.index, ranker, _items(), stack.config, [_on_demand])
+
+
+def _straightforward(stack: RecommenderStack, users: pd.DataFrame, k: int, exclude, at) -> list:
+    """What recommend computes, the plain way: one joined frame of every (user, candidate) row.
+
+    The frame goes through the transforms and ``Ranker.score``, the training
+    path; recommend encodes each user and each snapshot item once instead.
+    """
+    user_ids = users["user_id"].astype(str).tolist()
+    seen = [exclude.get(user, ()) for user in user_ids]
+    ids, retrieval = stack.index.search(stack.retrieval.user_vectors(users), stack.config.candidates, seen)
+    found = pd.notna(ids.ravel())
+    user_rows = np.repeat(np.arange(len(users)), ids.shape[1])[found]
+    item_ids = ids.ravel()[found]
+    frame = pd.concat(
+        [
+            users.iloc[user_rows].reset_index(drop=True),
+            stack.items.loc[item_ids].reset_index(drop=True),
+            pd.DataFrame({RETRIEVAL_SCORE: retrieval.ravel()[found].astype(np.float64)}),
+        ],
+        axis=1,
+    )
+    frame["event_timestamp"] = at
+    for transform in stack.transforms:
+        frame = pd.concat([frame, transform(frame)], axis=1)
+    candidates = pd.DataFrame(
+        {
+            "user_id": np.asarray(user_ids, dtype=object)[user_rows],
+            "item_id": item_ids,
+            "score": stack.ranker.score(frame),
+            "category": stack.items["item_category"].reindex(item_ids).to_numpy(),
+        }
+    )
+    reranked = rerank_batch(candidates, k, seen=exclude, config=stack.config.rerank)
+    lists = {
+        user: list(zip(group["item_id"], group["score"])) for user, group in reranked.groupby("user_id", sort=False)
+    }
+    return [lists.get(user, []) for user in user_ids]
+
+
+def test_recommend_equals_scoring_the_joined_frame(transformed_stack):
+    """Same items, same order, same scores as the plain path: known and new users, a user twice, exclusions."""
+    stack = transformed_stack
+    rng = np.random.default_rng(4)
+    histories = [[f"i{i}" for i in rng.integers(0, ITEMS, rng.integers(0, 9))] for _ in range(10)]
+    known = _users(histories[:7], list(rng.poisson(5, 7).astype(float)))
+    new = _users(histories[7:], [0.0, 2.0, 9.0], prefix="new")  # ids the models never saw
+    users = pd.concat([known, new], ignore_index=True)
+    users = pd.concat([users, users.iloc[[2]]], ignore_index=True)  # the same user twice in one batch
+    exclude = {"u0": {"i0", "i4", "not-an-item"}, "u2": {f"i{i}" for i in range(0, ITEMS, 3)}, "new1": {"i7"}}
+    for k in (5, 25):
+        lists = stack.recommend(users, k, exclude, AT)
+        assert lists == _straightforward(stack, users, k, exclude, AT)
+        assert all(len(items) == k for items in lists)
+        assert not {item for item, _ in lists[0]} & exclude["u0"]
+    for row in (0, 8):  # one user per request, as the server sends them
+        one = users.iloc[[row]].reset_index(drop=True)
+        assert stack.recommend(one, 10, exclude, AT) == _straightforward(stack, one, 10, exclude, AT)
+    assert stack.recommend(users.iloc[:0], 10, {}, AT) == []
