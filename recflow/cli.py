@@ -7,9 +7,11 @@
     recflow pipeline compile [--check]   # pipelines/training_pipeline.yaml
     recflow step <name> ...              # one pipeline step by hand (what each component runs)
     recflow train TRAINING_SET OUT       # the training entrypoint, through torchrun
+    recflow serve [--bundle DIR] [--port P]   # the KServe recommender server (V1 and V2)
     recflow bench quality --data PATH    # benchmarks that print figures
     recflow bench train               # training samples/s, 1 vs 2 processes, time to the bar
     recflow bench materialize
+    recflow bench serve                  # server latency and throughput against a no-op KServe floor
 """
 
 from __future__ import annotations
@@ -235,6 +237,23 @@ def _print_result(result: dict, as_json: bool) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.__main__ import run
+
+    run(args)
+    return 0
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from benchmarks.serve import run
+
+    with _output_to_stderr():
+        result = run(
+            Path(args.workspace), args.bundle, concurrency=args.concurrency, seconds=args.seconds, users=args.users
+        )
+    return _print_result(result, args.json)
+
+
 def cmd_bench_materialize(args: argparse.Namespace) -> int:
     from benchmarks.materialize import run
 
@@ -354,6 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc-per-node", type=int, default=2)
     train.set_defaults(handler=cmd_train)
 
+    serve = commands.add_parser(
+        "serve", help="serve the recommender with KServe (V1 and V2 protocols, /metrics)",
+        description="The KServe model server named 'recommender'; the container runs the same entrypoint.",
+    )
+    from serving.__main__ import add_arguments as add_serve_arguments
+
+    add_serve_arguments(serve)
+    serve.set_defaults(handler=cmd_serve)
+
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(dest="bench_command", required=True)
     quality = bench.add_parser("quality", help="train the production configuration on a dataset and print top-k quality")
     quality.add_argument("--data", required=True, help="a MovieLens file/directory, a dataset directory or world:<scale>")
@@ -374,6 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     materialize.add_argument("--scale", default="demo")
     materialize.add_argument("--workspace", default=".recflow/bench")
     materialize.set_defaults(handler=cmd_bench_materialize)
+    serve_bench = bench.add_parser(
+        "serve", help="recommender server latency and throughput against a no-op KServe model on the same settings"
+    )
+    serve_bench.add_argument("--workspace", default=DEFAULT_WORKSPACE,
+                             help="its blessed model and feature store are served; trained at demo scale if absent")
+    serve_bench.add_argument("--bundle", help="serve this bundle instead of the workspace's blessed model")
+    serve_bench.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
+    serve_bench.add_argument("--seconds", type=float, default=20.0, help="measured seconds per server (default: 20)")
+    serve_bench.add_argument("--users", type=int, default=2000, help="distinct known users the load cycles through")
+    serve_bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    serve_bench.set_defaults(handler=cmd_bench_serve)
     return parser
 
 

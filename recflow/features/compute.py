@@ -182,6 +182,16 @@ def _latest_history(root: Path, before: dt.date) -> pd.DataFrame:
     return frame[["user_id", "user_recent_item_ids"]]
 
 
+def extend_history(previous, clicked: list[str]) -> list[str]:
+    """A user's recent clicks after ``clicked`` (oldest first): newest last, at most ``HISTORY_LENGTH``.
+
+    The one rule for the history feature: the daily snapshots and the online
+    push of fresh clicks (:mod:`recflow.features.online`) both apply it.
+    """
+    old = list(previous) if isinstance(previous, (list, tuple, np.ndarray)) else []
+    return (old + list(clicked))[-HISTORY_LENGTH:]
+
+
 def _history_rows(previous: pd.DataFrame, clicks: pd.DataFrame, day: dt.date) -> pd.DataFrame:
     """Append a day's clicks to each clicking user's history, keeping the newest."""
     clicks = clicks.sort_values(["user_id", "event_timestamp"], kind="stable")
@@ -189,15 +199,12 @@ def _history_rows(previous: pd.DataFrame, clicks: pd.DataFrame, day: dt.date) ->
         new_items=("item_id", list), last_ts=("event_timestamp", "max")
     )
     prior = previous.set_index("user_id")["user_recent_item_ids"].reindex(today.index)
-    merged = [
-        (list(old) if isinstance(old, (list, np.ndarray)) else []) + new
-        for old, new in zip(prior.to_numpy(), today["new_items"].to_numpy())
-    ]
+    merged = [extend_history(old, new) for old, new in zip(prior.to_numpy(), today["new_items"].to_numpy())]
     return pd.DataFrame(
         {
             "user_id": today.index.to_numpy(),
             "event_timestamp": _snapshot_time(day),
-            "user_recent_item_ids": [m[-HISTORY_LENGTH:] for m in merged],
+            "user_recent_item_ids": merged,
             "user_last_click_ts": epoch_seconds(today["last_ts"]).to_numpy(),
         }
     )

@@ -147,6 +147,23 @@ def build_training_set(store, train: pd.DataFrame, catalog: np.ndarray, config: 
     return joined.sort_values(["event_timestamp", "user_id", "item_id"], kind="stable", ignore_index=True)
 
 
+def entity_feature_refs(store, service_name: str, entity: str) -> list[str]:
+    """``view:feature`` references of the service's features keyed by ``entity`` alone.
+
+    Online, serving reads only the user side this way (items come from the
+    bundle's snapshot); offline, evaluation reads each side as of an instant.
+    On-demand views, which need both entities, are left out.
+    """
+    service = store.get_feature_service(service_name)
+    views = {view.name: view for view in store.list_feature_views()}
+    return [
+        f"{projection.name_to_use()}:{field.name}"
+        for projection in service.feature_view_projections
+        if projection.name in views and entity in views[projection.name].entities
+        for field in projection.features
+    ]
+
+
 def entity_features_as_of(store, service_name: str, entity: str, ids: list[str], at: pd.Timestamp) -> pd.DataFrame:
     """One entity's features from a service, as they were at instant ``at``.
 
@@ -156,14 +173,7 @@ def entity_features_as_of(store, service_name: str, entity: str, ids: list[str],
     service, so the contract is the same one training used. On-demand views
     that combine both entities are computed where the two sides meet.
     """
-    service = store.get_feature_service(service_name)
-    views = {view.name: view for view in store.list_feature_views()}
-    refs = [
-        f"{projection.name_to_use()}:{field.name}"
-        for projection in service.feature_view_projections
-        if projection.name in views and entity in views[projection.name].entities
-        for field in projection.features
-    ]
+    refs = entity_feature_refs(store, service_name, entity)
     key = f"{entity}_id"
     rows = pd.DataFrame({key: list(ids), "event_timestamp": at})
     joined = store.get_historical_features(entity_df=rows, features=refs).to_df()

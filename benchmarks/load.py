@@ -1,0 +1,79 @@
+"""Closed-loop HTTP load: N requests in flight for a fixed time, latencies recorded.
+
+    python -m benchmarks.load --url http://127.0.0.1:8080/v1/models/recommender:predict \\
+        --users-file users.txt --concurrency 8 --seconds 20
+
+Runs in its own process (``recflow bench serve`` starts it), so the client's
+CPU is not the server's. Each of ``concurrency`` workers sends a V1 request
+for the next user of the file, waits for the answer and sends the next one,
+over one kept-alive connection each. Prints one JSON object: per-request
+latencies summarised, throughput, and errors by kind (non-200 statuses and
+connection failures both count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+from collections import Counter
+
+import aiohttp
+import numpy as np
+
+
+async def _drive(url: str, users: list[str], concurrency: int, seconds: float, warmup: float) -> dict:
+    next_user = itertools.cycle(users).__next__
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup, start + warmup + seconds
+
+        async def worker() -> None:
+            while (now := time.perf_counter()) < stop_at:
+                body = json.dumps({"instances": [{"user_id": next_user(), "k": 10}]})
+                try:
+                    async with session.post(url, data=body) as response:
+                        await response.read()
+                        status = response.status
+                except aiohttp.ClientError as error:
+                    status = type(error).__name__
+                done = time.perf_counter()
+                if now >= measure_from:
+                    latencies.append(done - now)
+                    if status != 200:
+                        errors[str(status)] += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    values = np.asarray(latencies) * 1000.0
+    return {
+        "requests": len(latencies),
+        "seconds": seconds,
+        "throughput_rps": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(values, 50)) if len(values) else float("nan"),
+        "p99_ms": float(np.percentile(values, 99)) if len(values) else float("nan"),
+        "mean_ms": float(values.mean()) if len(values) else float("nan"),
+        "errors": sum(errors.values()),
+        "errors_by_kind": dict(errors),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--users-file", required=True, help="one user id per line")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    args = parser.parse_args(argv)
+    users = [line.strip() for line in open(args.users_file) if line.strip()]
+    print(json.dumps(asyncio.run(_drive(args.url, users, args.concurrency, args.seconds, args.warmup))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Benchmark: the recommender server against a no-op KServe model, same settings, same load.
+
+    recflow bench serve [--workspace .recflow] [--concurrency 8] [--seconds 20]
+
+Serves the workspace's blessed bundle (training one at demo scale with the
+pipeline first if there is none) with its online feature store, and drives
+it from a separate process on loopback: ``concurrency`` requests in flight,
+V1 bodies for known users in turn, for a fixed time after a warm-up. Then the
+same for the floor, a no-op ``kserve.Model`` on the same server settings
+(one worker, the same app, logging and metrics). Prints p50/p99 latency,
+throughput and errors for both and the ratios, and the fallbacks the
+recommender counted: answers from a fallback would flatter its figures, so
+they are reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+from recflow.features import store
+from recflow.pipeline import steps
+from recflow.pipeline.registry import ModelRegistry
+from serving.process import ServerProcess
+
+V1_PATH = "/v1/models/recommender:predict"
+# The acceptance bars: recommender / floor.
+BARS = {"p50": 4.0, "p99": 5.0, "throughput": 0.25}
+
+
+def run(workspace: Path, bundle: str | None, concurrency: int, seconds: float, users: int) -> dict:
+    workspace = workspace.resolve()
+    bundle_dir = Path(bundle) if bundle else _blessed_bundle(workspace)
+    repo = steps.feature_repo(workspace)
+    with tempfile.TemporaryDirectory(prefix="recflow-bench-serve-") as tmp:
+        tmp = Path(tmp)
+        users_file = tmp / "users.txt"
+        users_file.write_text("\n".join(known_users(repo, users)) + "\n")
+        recommender_args = ["--bundle", str(bundle_dir), "--feature-repo", str(repo)]
+        with ServerProcess(recommender_args, tmp / "recommender.log") as server:
+            recommender = _load(server.url + V1_PATH, users_file, concurrency, seconds)
+            fallbacks = _fallbacks(server.url)
+        with ServerProcess(["--noop"], tmp / "noop.log") as server:
+            floor = _load(server.url + V1_PATH, users_file, concurrency, seconds)
+    ratios = {
+        "p50": recommender["p50_ms"] / floor["p50_ms"],
+        "p99": recommender["p99_ms"] / floor["p99_ms"],
+        "throughput": recommender["throughput_rps"] / floor["throughput_rps"],
+    }
+    passed = {
+        "p50": ratios["p50"] <= BARS["p50"],
+        "p99": ratios["p99"] <= BARS["p99"],
+        "throughput": ratios["throughput"] >= BARS["throughput"],
+        "errors": recommender["errors"] == 0 and floor["errors"] == 0,
+    }
+    result = {
+        "bundle": str(bundle_dir),
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "recommender": recommender,
+        "floor": floor,
+        "ratios": ratios,
+        "passed": passed,
+        "fallbacks": fallbacks,
+    }
+    result["table"] = _table(result)
+    return result
+
+
+def _blessed_bundle(workspace: Path) -> Path:
+    current = ModelRegistry(workspace / "models").current()
+    if current is None:
+        from recflow.pipeline.local import run_pipeline
+
+        print(f"no blessed model in {workspace}: training one at demo scale", file=sys.stderr)
+        run_pipeline(workspace, data_source="world:demo")
+        current = ModelRegistry(workspace / "models").current()
+        if current is None:
+            raise RuntimeError("the demo pipeline run did not bless a model")
+    return Path(current["path"])
+
+
+def known_users(repo: Path, limit: int) -> list[str]:
+    """Users with a click history in the offline tables, hence rows in the online store."""
+    files = sorted((store.offline_root(repo) / "user_history").glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no user_history tables under {store.offline_root(repo)}")
+    ids = pd.concat([pd.read_parquet(f, columns=["user_id"]) for f in files[-7:]])["user_id"].astype(str)
+    return sorted(ids.unique())[:limit]
+
+
+def _load(url: str, users_file: Path, concurrency: int, seconds: float) -> dict:
+    command = [
+        sys.executable, "-m", "benchmarks.load", "--url", url, "--users-file", str(users_file),
+        "--concurrency", str(concurrency), "--seconds", str(seconds),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _fallbacks(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        reason: float(value)
+        for reason, value in re.findall(r'^recflow_fallback_total\{reason="([^"]+)"\} (\S+)$', text, re.MULTILINE)
+    }
+
+
+def _table(result: dict) -> str:
+    rec, floor, ratios = result["recommender"], result["floor"], result["ratios"]
+    mark = {True: "ok", False: "FAIL"}
+    lines = [
+        f"serving benchmark: concurrency {result['concurrency']}, {result['seconds']:.0f} s per server, V1, loopback",
+        f"{'':<14}{'recommender':>14}{'no-op floor':>14}{'ratio':>9}{'bar':>9}",
+        f"{'p50 ms':<14}{rec['p50_ms']:>14.2f}{floor['p50_ms']:>14.2f}{ratios['p50']:>9.2f}"
+        f"{'<= ' + str(BARS['p50']):>9}  {mark[result['passed']['p50']]}",
+        f"{'p99 ms':<14}{rec['p99_ms']:>14.2f}{floor['p99_ms']:>14.2f}{ratios['p99']:>9.2f}"
+        f"{'<= ' + str(BARS['p99']):>9}  {mark[result['passed']['p99']]}",
+        f"{'requests/s':<14}{rec['throughput_rps']:>14.1f}{floor['throughput_rps']:>14.1f}{ratios['throughput']:>9.2f}"
+        f"{'>= ' + str(BARS['throughput']):>9}  {mark[result['passed']['throughput']]}",
+        f"{'errors':<14}{rec['errors']:>14d}{floor['errors']:>14d}{'':>9}{'0':>9}  {mark[result['passed']['errors']]}",
+        f"fallbacks counted by the recommender: {result['fallbacks'] or 'none'}",
+        f"bundle: {result['bundle']}",
+    ]
+    return "\n".join(lines)

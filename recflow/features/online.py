@@ -1,0 +1,98 @@
+"""The online side of the feature services: per-request user reads and fresh-signal pushes.
+
+Serving reads the *user* features of the bundle's feature service from the
+online store for every request; item features come from the bundle's
+snapshot (an online read of 200 candidates' features would cost tens of
+milliseconds here, see ``docs/design.md``). Absent values go through the same
+defaulting rule as offline (:func:`fill_missing`), so a missing feature is the
+same number in training and in serving.
+
+Fresh signals: :func:`push_clicks` appends clicks to the users' history rows
+through the ``user_history_push`` source, straight into the online store; the
+next read sees them. It extends the history with the rule the daily snapshots
+use (:func:`recflow.features.compute.extend_history`). It reads, extends and
+writes, so one writer per user at a time (the ingestion path) is assumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recflow.features.compute import epoch_seconds, extend_history
+from recflow.features.training_set import entity_feature_refs, fill_missing, service_features
+
+HISTORY_PUSH_SOURCE = "user_history_push"
+HISTORY_COLUMN = "user_recent_item_ids"
+LAST_CLICK_COLUMN = "user_last_click_ts"
+# Feast's suffix for a feature's event timestamp in ``to_dict(include_event_timestamps=True)``.
+TIMESTAMP_SUFFIX = "__ts"
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    """Online user features for a list of users, in the order asked."""
+
+    # user_id and one column per feature, defaults filled in.
+    frame: pd.DataFrame
+    # True where the online store holds at least one row for the user.
+    known: np.ndarray
+    # Epoch seconds of the newest row read per user; NaN for unknown users.
+    updated_at: np.ndarray
+
+
+class UserFeatureReader:
+    """Reads the user side of one feature service from the online store."""
+
+    def __init__(self, store, service_name: str) -> None:
+        self.store = store
+        self.service_name = service_name
+        self.refs = entity_feature_refs(store, service_name, "user")
+        if not self.refs:
+            raise ValueError(f"feature service {service_name!r} has no user features")
+        types = service_features(store, service_name)
+        self.names = [ref.split(":", 1)[1] for ref in self.refs]
+        self.types = {name: types[name] for name in self.names}
+
+    def read(self, user_ids: list[str]) -> UserFeatures:
+        response = self.store.get_online_features(
+            features=self.refs, entity_rows=[{"user_id": user} for user in user_ids]
+        ).to_dict(include_event_timestamps=True)
+        # Feast reports 0 as the timestamp of a value it holds no row for.
+        stamps = np.array([response[name + TIMESTAMP_SUFFIX] for name in self.names], dtype=np.float64)
+        newest = stamps.max(axis=0) if len(user_ids) else np.zeros(0)
+        known = newest > 0
+        frame = pd.DataFrame({"user_id": list(user_ids), **{name: response[name] for name in self.names}})
+        return UserFeatures(fill_missing(frame, self.types), known, np.where(known, newest, np.nan))
+
+
+def push_clicks(store, clicks: pd.DataFrame) -> pd.DataFrame:
+    """Append clicks (``user_id``, ``item_id``, ``event_timestamp``) to the users' online history.
+
+    Returns the rows pushed, one per user: the extended history, the last
+    click's epoch seconds, stamped with that click's time.
+    """
+    missing = {"user_id", "item_id", "event_timestamp"} - set(clicks.columns)
+    if missing:
+        raise ValueError(f"clicks are missing columns {sorted(missing)}")
+    if clicks.empty:
+        return clicks.iloc[0:0]
+    clicks = clicks.assign(event_timestamp=pd.to_datetime(clicks["event_timestamp"], utc=True))
+    clicks = clicks.sort_values(["user_id", "event_timestamp"], kind="stable")
+    per_user = clicks.groupby("user_id", sort=False).agg(items=("item_id", list), last=("event_timestamp", "max"))
+    users = [str(user) for user in per_user.index]
+    current = store.get_online_features(
+        features=[f"user_history:{HISTORY_COLUMN}"], entity_rows=[{"user_id": user} for user in users]
+    ).to_dict()[HISTORY_COLUMN]
+    rows = pd.DataFrame(
+        {
+            "user_id": users,
+            "event_timestamp": per_user["last"].to_numpy(),
+            HISTORY_COLUMN: [extend_history(old, new) for old, new in zip(current, per_user["items"])],
+            LAST_CLICK_COLUMN: epoch_seconds(per_user["last"]).to_numpy(),
+        }
+    )
+    store.push(HISTORY_PUSH_SOURCE, rows)
+    return rows

@@ -1,0 +1,1 @@
+"""The KServe model server of the `recommender` model (see README.md)."""

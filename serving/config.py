@@ -1,0 +1,35 @@
+"""The recommender server's settings: limits on requests, batching and deadlines.
+
+Read from a YAML file (``recflow serve --config serving.yaml``); unknown keys
+are errors, so a misspelt setting is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_k: int = Field(10, ge=1, description="Items returned when a request gives no k")
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for (at most the stack's candidates)")
+    max_users_per_request: int = Field(64, ge=1, description="Instances (V1) or user ids (V2) in one request")
+    max_excluded_items: int = Field(1000, ge=0, description="exclude_item_ids per instance")
+    max_batch_users: int = Field(64, ge=1, description="Users the micro-batcher puts into one model call")
+    feature_deadline_ms: float = Field(
+        100.0, gt=0, description="Online feature read budget; beyond it the batch gets popular items"
+    )
+    request_time: dt.datetime | None = Field(
+        None,
+        description="Pin the request instant the ranker measures ages from (replaying a dataset's time); "
+        "unset: the wall clock",
+    )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ServingConfig:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})

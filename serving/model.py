@@ -1,0 +1,199 @@
+"""The ``recommender`` KServe model: requests in, micro-batches through the stack, answers out.
+
+The event loop only parses, queues and answers. Blocking work runs in two
+thread pools: the online feature read (bounded by a deadline, after which the
+batch is answered with popular items while the read finishes in the
+background) and the model call (one thread: batches run one after another,
+so the stages never compete with each other for the two cores).
+
+Concurrent requests are grouped the way Triton's dynamic batcher does it:
+whatever arrived while the previous batch ran goes into the next model call,
+up to ``max_batch_users``. The stack's cost is mostly per call, not per user,
+so under load a request pays for a share of a batch instead of a whole call;
+at low load a request is never held back waiting for company.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferRequest
+
+from recflow.features.online import UserFeatureReader, UserFeatures
+from recflow.recommender.online import Answer, BatchTrace, Bundle, OnlineRecommender, Query, load_bundle
+from serving import metrics
+from serving.config import ServingConfig
+from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "recommender"
+
+
+class RecommenderModel(Model):
+    def __init__(self, bundle_dir: str | Path, feature_repo: str | Path, config: ServingConfig, name: str = MODEL_NAME):
+        super().__init__(name)
+        self.bundle_dir = Path(bundle_dir)
+        self.feature_repo = Path(feature_repo)
+        self.config = config
+        self.bundle: Bundle | None = None
+        self.recommender: OnlineRecommender | None = None
+        self.reader: UserFeatureReader | None = None
+        self._batcher: MicroBatcher | None = None
+
+    def load(self) -> bool:
+        """Load the bundle and connect to the feature store; ``ready`` only once both worked."""
+        from recflow.features.store import get_store
+        from recflow.features.training_set import on_demand_transforms
+
+        store = get_store(self.feature_repo)
+        self.bundle = load_bundle(self.bundle_dir, lambda service: on_demand_transforms(store, service))
+        candidates = self.bundle.stack.config.candidates
+        if self.config.max_k > candidates:
+            raise ValueError(f"max_k {self.config.max_k} exceeds the {candidates} candidates the bundle's stack retrieves")
+        self.reader = UserFeatureReader(store, self.bundle.feature_service)
+        self.recommender = OnlineRecommender(self.bundle)
+        self._batcher = MicroBatcher(self._read_features, self._answer, self.config)
+        metrics.MODEL_INFO.info(
+            {"version": self.bundle.version, "feature_service": self.bundle.feature_service, "model": self.name}
+        )
+        log.info("loaded bundle %s (version %s)", self.bundle_dir, self.bundle.version)
+        self.ready = True
+        return self.ready
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        started = time.perf_counter()
+        if isinstance(payload, InferRequest):
+            queries = parse_v2(payload, self.config)
+            answers = await self._batcher.submit(queries)
+            response = v2_response(payload, answers, queries, self.name, self.bundle.version)
+            protocol = "v2"
+        else:
+            answers = await self._batcher.submit(parse_v1(payload, self.config))
+            response = v1_response(answers, self.bundle.version)
+            protocol = "v1"
+        metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - started)
+        return response
+
+    def _read_features(self, user_ids: list[str]) -> UserFeatures:
+        return self.reader.read(user_ids)
+
+    def _answer(self, queries: list[Query], features: UserFeatures | None, failure: str | None) -> list[Answer]:
+        at = pd.Timestamp(self.config.request_time) if self.config.request_time else pd.Timestamp.now(tz="UTC")
+        answers, trace = self.recommender.answer(queries, features, at, failure)
+        _record(trace, answers, features, at)
+        return answers
+
+
+def _record(trace: BatchTrace, answers: list[Answer], features: UserFeatures | None, at: pd.Timestamp) -> None:
+    metrics.BATCH_USERS.observe(len(answers))
+    for stage, seconds in trace.seconds.items():
+        metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+    for reason, users in trace.fallbacks.items():
+        metrics.FALLBACKS.labels(reason).inc(users)
+    for answer in answers:
+        if answer.fallback is None:
+            for _, score in answer.items:
+                metrics.SCORES.observe(score)
+    if features is not None:
+        ages = at.timestamp() - features.updated_at[features.known]
+        for age in ages:
+            metrics.FEATURE_AGE.observe(max(float(age), 0.0))
+
+
+class MicroBatcher:
+    """Queues queries from concurrent requests and answers them a batch at a time."""
+
+    def __init__(self, read_features, answer, config: ServingConfig):
+        self.read_features = read_features
+        self.answer = answer
+        self.config = config
+        self.deadline = config.feature_deadline_ms / 1000.0
+        # A read past its deadline keeps its thread until it returns; a few
+        # threads let the next batches try the store meanwhile.
+        self.feature_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="features")
+        self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.queue: asyncio.Queue | None = None
+        self.worker: asyncio.Task | None = None
+        # A request that did not fit into the last batch opens the next one.
+        self._carried = None
+
+    async def submit(self, queries: list[Query]) -> list[Answer]:
+        if self.worker is None or self.worker.done():
+            self.queue = asyncio.Queue()
+            self.worker = asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((queries, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [self._carried or await self.queue.get()]
+            self._carried = None
+            users = len(batch[0][0])
+            while not self.queue.empty():
+                waiting = self.queue.get_nowait()
+                if users + len(waiting[0]) > self.config.max_batch_users:
+                    self._carried = waiting
+                    break
+                batch.append(waiting)
+                users += len(waiting[0])
+            queries = [query for request, _ in batch for query in request]
+            try:
+                answers = await self._answer_batch(queries)
+            except Exception as error:  # unexpected: those requests fail (500), the worker lives on
+                log.exception("batch of %d users failed", len(queries))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            start = 0
+            for request, future in batch:
+                if not future.done():  # the client may have gone away
+                    future.set_result(answers[start : start + len(request)])
+                start += len(request)
+
+    async def _answer_batch(self, queries: list[Query]) -> list[Answer]:
+        loop = asyncio.get_running_loop()
+        features, failure = None, None
+        started = time.perf_counter()
+        read = loop.run_in_executor(self.feature_pool, self.read_features, [query.user_id for query in queries])
+        try:
+            features = await asyncio.wait_for(asyncio.shield(read), self.deadline)
+        except asyncio.TimeoutError:
+            failure = "feature_store_timeout"
+            read.add_done_callback(_log_late_read)
+        except Exception as error:  # the store is down, its file gone, its server stopped
+            failure = "feature_store_unavailable"
+            log.warning("online feature read failed: %s: %s", type(error).__name__, error)
+        metrics.STAGE_SECONDS.labels("features").observe(time.perf_counter() - started)
+        return await loop.run_in_executor(self.model_pool, self.answer, queries, features, failure)
+
+
+def _log_late_read(read: asyncio.Future) -> None:
+    if not read.cancelled() and read.exception() is not None:
+        log.warning("online feature read failed after its deadline: %s", read.exception())
+
+
+class NoOpModel(Model):
+    """The benchmark's floor: the same server and protocol handling, no work at all."""
+
+    def __init__(self, name: str = MODEL_NAME):
+        super().__init__(name)
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        if not isinstance(payload, dict):
+            raise InvalidInput("the request body must be a JSON object")
+        return {"predictions": [None for _ in payload.get("instances", [])]}
+
