@@ -11,18 +11,29 @@ same for the floor, a no-op ``kserve.Model`` on the same server settings
 throughput and errors for both and the ratios, and the fallbacks the
 recommender counted: answers from a fallback would flatter its figures, so
 they are reported, not hidden.
+
+Freshness, on the same recommender server after the load: for each of
+``--freshness-trials`` users, push a click on the first item it serves them
+(through the ``user_history_push`` source) and request again until that item
+is gone from the answer (the click is in their history, so the seen-item
+filter drops it). Push-to-served time is from before the push to that
+answer. The server reads a copy of the workspace's feature repo, so the
+pushed clicks never reach the workspace.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recflow.features import store
@@ -35,18 +46,22 @@ V1_PATH = "/v1/models/recommender:predict"
 BARS = {"p50": 4.0, "p99": 5.0, "throughput": 0.25}
 
 
-def run(workspace: Path, bundle: str | None, concurrency: int, seconds: float, users: int) -> dict:
+def run(
+    workspace: Path, bundle: str | None, concurrency: int, seconds: float, users: int, freshness_trials: int = 50
+) -> dict:
     workspace = workspace.resolve()
     bundle_dir = Path(bundle) if bundle else _blessed_bundle(workspace)
-    repo = steps.feature_repo(workspace)
     with tempfile.TemporaryDirectory(prefix="recflow-bench-serve-") as tmp:
         tmp = Path(tmp)
+        repo = Path(shutil.copytree(steps.feature_repo(workspace), tmp / "feature_repo"))
+        load_users = known_users(repo, users + freshness_trials)
         users_file = tmp / "users.txt"
-        users_file.write_text("\n".join(known_users(repo, users)) + "\n")
+        users_file.write_text("\n".join(load_users[:users]) + "\n")
         recommender_args = ["--bundle", str(bundle_dir), "--feature-repo", str(repo)]
         with ServerProcess(recommender_args, tmp / "recommender.log") as server:
             recommender = _load(server.url + V1_PATH, users_file, concurrency, seconds)
             fallbacks = _fallbacks(server.url)
+            freshness = _freshness(server.url + V1_PATH, store.get_store(repo), load_users[users:])
         with ServerProcess(["--noop"], tmp / "noop.log") as server:
             floor = _load(server.url + V1_PATH, users_file, concurrency, seconds)
     ratios = {
@@ -59,6 +74,7 @@ def run(workspace: Path, bundle: str | None, concurrency: int, seconds: float, u
         "p99": ratios["p99"] <= BARS["p99"],
         "throughput": ratios["throughput"] >= BARS["throughput"],
         "errors": recommender["errors"] == 0 and floor["errors"] == 0,
+        "freshness": freshness["p99_ms"] < 1000.0,
     }
     result = {
         "bundle": str(bundle_dir),
@@ -69,6 +85,7 @@ def run(workspace: Path, bundle: str | None, concurrency: int, seconds: float, u
         "ratios": ratios,
         "passed": passed,
         "fallbacks": fallbacks,
+        "freshness": freshness,
     }
     result["table"] = _table(result)
     return result
@@ -105,6 +122,38 @@ def _load(url: str, users_file: Path, concurrency: int, seconds: float) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _freshness(url: str, feature_store, users: list[str]) -> dict:
+    """Push-to-served milliseconds per user: push a click on their first item, ask until it is gone."""
+    from recflow.features.online import push_clicks
+
+    def served(user: str) -> list[str]:
+        body = json.dumps({"instances": [{"user_id": user, "k": 10}]}).encode()
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return [item["item_id"] for item in json.loads(response.read())["predictions"][0]["items"]]
+
+    times, unchanged = [], 0
+    for user in users:
+        clicked = served(user)[0]
+        click = pd.DataFrame({"user_id": [user], "item_id": [clicked], "event_timestamp": [pd.Timestamp.now(tz="UTC")]})
+        started = time.perf_counter()
+        push_clicks(feature_store, click)
+        while clicked in served(user):
+            if time.perf_counter() - started > 10:
+                unchanged += 1
+                break
+        else:
+            times.append((time.perf_counter() - started) * 1000.0)
+    values = np.asarray(times) if times else np.asarray([np.inf])
+    return {
+        "trials": len(users),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+        "not_reflected_within_10s": unchanged,
+    }
+
+
 def _fallbacks(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -127,7 +176,9 @@ def _table(result: dict) -> str:
         f"{'requests/s':<14}{rec['throughput_rps']:>14.1f}{floor['throughput_rps']:>14.1f}{ratios['throughput']:>9.2f}"
         f"{'>= ' + str(BARS['throughput']):>9}  {mark[result['passed']['throughput']]}",
         f"{'errors':<14}{rec['errors']:>14d}{floor['errors']:>14d}{'':>9}{'0':>9}  {mark[result['passed']['errors']]}",
-        f"fallbacks counted by the recommender: {result['fallbacks'] or 'none'}",
+        f"freshness, push to served ({result['freshness']['trials']} users): p50 {result['freshness']['p50_ms']:.1f} ms,"
+        f" p99 {result['freshness']['p99_ms']:.1f} ms (bar < 1000)  {mark[result['passed']['freshness']]}",
+        f"fallbacks counted by the recommender during the load: {result['fallbacks'] or 'none'}",
         f"bundle: {result['bundle']}",
     ]
     return "\n".join(lines)
