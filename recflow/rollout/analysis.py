@@ -1,0 +1,167 @@
+"""Canary analysis: compare the canary with the stable model over one interval and decide.
+
+This is the decision half of the rollout controller, the same code for the
+local backend (proxy + processes) and the Kubernetes one (InferenceService
+traffic): a backend measures :class:`VariantMetrics` per variant (from
+Prometheus), this module says what to do with them.
+
+Per interval, in order, with the canary judged against the stable model's
+own figures over the same interval (both see the same traffic mix):
+
+1. not enough evidence (fewer than ``min_requests`` on either side, or fewer
+   than ``min_impressions`` for the click-through check) -> ``hold``: the
+   step is kept and the next interval adds data;
+2. a check fails -> ``rollback``:
+   - error rate and fallback rate: higher than the stable's by more than the
+     allowed margin, *and* significantly so (one-sided two-proportion z-test
+     at ``significance``), so noise alone does not roll back;
+   - p99 latency above ``max_p99_ratio`` times the stable's;
+   - score distribution: Jensen–Shannon divergence of the served-score
+     histograms above ``max_score_shift`` (a model that scores everything
+     alike, or inverted, shows here before any click does);
+   - click-through rate: lower than ``min_ctr_ratio`` times the stable's,
+     and significantly so;
+3. otherwise -> ``advance`` to the next traffic step, or ``promote`` after
+   the last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from recflow.monitoring.drift import jensen_shannon
+
+
+class AnalysisConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100], description="Canary traffic %, in order")
+    min_requests: int = Field(200, ge=1, description="Requests per variant per interval before judging")
+    min_impressions: int = Field(500, ge=1, description="Served items with feedback per variant before judging CTR")
+    significance: float = Field(0.05, gt=0, lt=1, description="One-sided test level for rates")
+    max_error_rate_increase: float = Field(0.01, ge=0, description="Allowed absolute rise of the 5xx rate")
+    max_fallback_rate_increase: float = Field(0.02, ge=0, description="Allowed absolute rise of the fallback rate")
+    max_p99_ratio: float = Field(1.5, gt=0, description="Canary p99 at most this times the stable's")
+    max_score_shift: float = Field(0.1, gt=0, description="JS divergence (nats) of the served-score histograms")
+    min_ctr_ratio: float = Field(0.9, gt=0, description="Canary CTR at least this times the stable's")
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100 or any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] <= 0:
+            raise ValueError(f"steps must increase from above 0 to 100, got {steps}")
+        return steps
+
+
+@dataclass(frozen=True)
+class VariantMetrics:
+    """One variant over one interval (counts are increases over the interval)."""
+
+    requests: float
+    errors: float
+    users: float
+    fallbacks: float
+    p99_seconds: float
+    impressions: float
+    clicks: float
+    # Served-score histogram: counts per bucket, the same buckets for both variants.
+    score_counts: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # "hold" | "rollback" | "advance" | "promote"
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks],
+        }
+
+
+def one_sided_p_value(hits_a: float, n_a: float, hits_b: float, n_b: float) -> float:
+    """P-value of "rate a > rate b" by the pooled two-proportion z-test (1.0 when undefined)."""
+    if n_a <= 0 or n_b <= 0:
+        return 1.0
+    pooled = (hits_a + hits_b) / (n_a + n_b)
+    variance = pooled * (1 - pooled) * (1 / n_a + 1 / n_b)
+    if variance <= 0:
+        return 1.0 if hits_a / n_a <= hits_b / n_b else 0.0
+    z = (hits_a / n_a - hits_b / n_b) / math.sqrt(variance)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def analyse(stable: VariantMetrics, canary: VariantMetrics, step: int, config: AnalysisConfig) -> Decision:
+    """What to do after an interval at canary traffic ``step`` (one of ``config.steps``)."""
+    if step not in config.steps:
+        raise ValueError(f"step {step} is not one of the configured steps {config.steps}")
+    low = [name for name, m in (("stable", stable), ("canary", canary)) if m.requests < config.min_requests]
+    if low:
+        return Decision("hold", f"fewer than {config.min_requests} requests this interval for {', '.join(low)}")
+    checks = [
+        _rate_check("error rate", canary.errors, canary.requests, stable.errors, stable.requests,
+                    config.max_error_rate_increase, config.significance),
+        _rate_check("fallback rate", canary.fallbacks, canary.users, stable.fallbacks, stable.users,
+                    config.max_fallback_rate_increase, config.significance),
+        _latency_check(canary.p99_seconds, stable.p99_seconds, config.max_p99_ratio),
+    ]
+    if stable.score_counts and canary.score_counts:
+        checks.append(_score_check(stable.score_counts, canary.score_counts, config.max_score_shift))
+    enough_feedback = min(stable.impressions, canary.impressions) >= config.min_impressions
+    if enough_feedback:
+        checks.append(_ctr_check(stable, canary, config))
+    failed = [check for check in checks if not check.passed]
+    if failed:
+        return Decision("rollback", "; ".join(f"{c.name}: {c.detail}" for c in failed), checks)
+    if not enough_feedback:
+        return Decision("hold", f"fewer than {config.min_impressions} impressions with feedback to compare CTR", checks)
+    if step == config.steps[-1]:
+        return Decision("promote", f"every check passed at {step}%", checks)
+    return Decision("advance", f"every check passed at {step}%", checks)
+
+
+def _rate_check(name, hits, n, stable_hits, stable_n, margin, significance) -> Check:
+    rate = hits / n if n else 0.0
+    stable_rate = stable_hits / stable_n if stable_n else 0.0
+    p = one_sided_p_value(hits, n, stable_hits, stable_n)
+    worse = rate - stable_rate > margin and p < significance
+    detail = f"canary {rate:.4f} vs stable {stable_rate:.4f} (allowed +{margin:.4f}, p={p:.3g})"
+    return Check(name, not worse, detail)
+
+
+def _latency_check(canary_p99: float, stable_p99: float, max_ratio: float) -> Check:
+    ratio = canary_p99 / stable_p99 if stable_p99 > 0 else (1.0 if canary_p99 <= 0 else math.inf)
+    detail = f"canary {canary_p99 * 1000:.1f} ms vs stable {stable_p99 * 1000:.1f} ms (x{ratio:.2f}, allowed x{max_ratio})"
+    return Check("p99 latency", ratio <= max_ratio, detail)
+
+
+def _score_check(stable_counts, canary_counts, max_shift: float) -> Check:
+    if len(stable_counts) != len(canary_counts):
+        raise ValueError("the two score histograms have different buckets")
+    stable_counts, canary_counts = np.asarray(stable_counts, float), np.asarray(canary_counts, float)
+    if stable_counts.sum() <= 0 or canary_counts.sum() <= 0:
+        return Check("score distribution", True, "no scores served on one side")
+    shift = jensen_shannon(stable_counts, canary_counts)
+    return Check("score distribution", shift <= max_shift, f"JS divergence {shift:.4f} (allowed {max_shift})")
+
+
+def _ctr_check(stable: VariantMetrics, canary: VariantMetrics, config: AnalysisConfig) -> Check:
+    ctr, stable_ctr = canary.clicks / canary.impressions, stable.clicks / stable.impressions
+    p = one_sided_p_value(stable.clicks, stable.impressions, canary.clicks, canary.impressions)
+    worse = ctr < config.min_ctr_ratio * stable_ctr and p < config.significance
+    detail = f"canary {ctr:.4f} vs stable {stable_ctr:.4f} (at least x{config.min_ctr_ratio}, p={p:.3g})"
+    return Check("click-through rate", not worse, detail)

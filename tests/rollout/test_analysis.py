@@ -1,0 +1,95 @@
+"""The canary decision: hold without evidence, roll back on a real regression, advance otherwise."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from pydantic import ValidationError
+
+from recflow.rollout.analysis import AnalysisConfig, VariantMetrics, analyse, one_sided_p_value
+
+CONFIG = AnalysisConfig()
+SCORES = (5, 20, 40, 60, 40, 20, 5)
+HEALTHY = VariantMetrics(
+    requests=2000, errors=2, users=2000, fallbacks=10, p99_seconds=0.040, impressions=20000, clicks=2000, score_counts=SCORES
+)
+
+
+def canary(**changes) -> VariantMetrics:
+    return dataclasses.replace(HEALTHY, **changes)
+
+
+def test_a_canary_like_the_stable_advances_then_is_promoted_at_the_last_step():
+    assert analyse(HEALTHY, canary(), 5, CONFIG).action == "advance"
+    decision = analyse(HEALTHY, canary(), 100, CONFIG)
+    assert decision.action == "promote"
+    assert all(check.passed for check in decision.checks)
+    assert {c.name for c in decision.checks} == {
+        "error rate", "fallback rate", "p99 latency", "score distribution", "click-through rate"
+    }
+
+
+def test_too_few_requests_hold_the_step():
+    decision = analyse(HEALTHY, canary(requests=50, users=50), 5, CONFIG)
+    assert decision.action == "hold" and "canary" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "changes, failing",
+    [
+        ({"errors": 100}, "error rate"),  # 5% against 0.1%
+        ({"fallbacks": 200}, "fallback rate"),  # 10% against 0.5%
+        ({"p99_seconds": 0.200}, "p99 latency"),  # 5x
+        ({"score_counts": (0, 0, 0, 0, 0, 0, 190)}, "score distribution"),  # every score in the top bucket
+        ({"clicks": 1000}, "click-through rate"),  # 5% against 10%
+    ],
+)
+def test_each_regression_rolls_back_and_names_the_check(changes, failing):
+    decision = analyse(HEALTHY, canary(**changes), 25, CONFIG)
+    assert decision.action == "rollback"
+    assert [c.name for c in decision.checks if not c.passed] == [failing]
+    assert failing in decision.reason
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"errors": 4},  # 0.2% against 0.1%: within the margin
+        {"clicks": 1950},  # 9.75% against 10%: within the ratio
+        {"p99_seconds": 0.050},  # x1.25
+    ],
+)
+def test_noise_and_small_differences_do_not_roll_back(changes):
+    assert analyse(HEALTHY, canary(**changes), 25, CONFIG).action == "advance"
+
+
+def test_a_big_but_insignificant_difference_does_not_roll_back():
+    """4 errors in 250 requests against 1 in 250 is over the margin, but could be chance (p = 0.09)."""
+    stable = canary(requests=250, users=250, errors=1)
+    decision = analyse(stable, canary(requests=250, users=250, errors=4), 5, CONFIG)
+    assert decision.action == "advance"
+    assert "p=0.0" in decision.checks[0].detail
+
+
+def test_without_feedback_yet_a_failing_check_still_rolls_back_and_a_clean_one_holds():
+    quiet = {"impressions": 100, "clicks": 10}
+    assert analyse(canary(**quiet), canary(**quiet), 5, CONFIG).action == "hold"
+    assert analyse(canary(**quiet), canary(errors=400, **quiet), 5, CONFIG).action == "rollback"
+
+
+def test_p_values():
+    assert one_sided_p_value(10, 100, 10, 100) == pytest.approx(0.5)
+    assert one_sided_p_value(30, 100, 10, 100) < 0.001
+    assert one_sided_p_value(10, 100, 30, 100) > 0.999
+
+
+def test_configuration_is_checked():
+    with pytest.raises(ValidationError, match="steps"):
+        AnalysisConfig(steps=[5, 50])
+    with pytest.raises(ValidationError, match="steps"):
+        AnalysisConfig(steps=[50, 25, 100])
+    with pytest.raises(ValidationError, match="max_p99"):
+        AnalysisConfig(max_p99=2)
+    with pytest.raises(ValueError, match="step 30"):
+        analyse(HEALTHY, canary(), 30, CONFIG)
