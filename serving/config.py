@@ -10,7 +10,7 @@ import datetime as dt
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ServingConfig(BaseModel):
@@ -29,6 +29,17 @@ class ServingConfig(BaseModel):
         description="Pin the request instant the ranker measures ages from (replaying a dataset's time); "
         "unset: the wall clock",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingConfig:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        if self.max_batch_users < self.max_users_per_request:
+            raise ValueError(
+                f"max_batch_users ({self.max_batch_users}) must hold a whole request "
+                f"(max_users_per_request {self.max_users_per_request})"
+            )
+        return self
 
     @classmethod
     def from_file(cls, path: str | Path) -> ServingConfig:

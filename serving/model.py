@@ -16,6 +16,7 @@ at low load a request is never held back waiting for company.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,17 +71,16 @@ class RecommenderModel(Model):
 
     async def predict(self, payload, headers=None, response_headers=None):
         started = time.perf_counter()
-        if isinstance(payload, InferRequest):
-            queries = parse_v2(payload, self.config)
-            answers = await self._batcher.submit(queries)
-            response = v2_response(payload, answers, queries, self.name, self.bundle.version)
-            protocol = "v2"
-        else:
+        protocol = "v2" if isinstance(payload, InferRequest) else "v1"
+        try:
+            if protocol == "v2":
+                queries = parse_v2(payload, self.config)
+                answers = await self._batcher.submit(queries)
+                return v2_response(payload, answers, queries, self.name, self.bundle.version)
             answers = await self._batcher.submit(parse_v1(payload, self.config))
-            response = v1_response(answers, self.bundle.version)
-            protocol = "v1"
-        metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - started)
-        return response
+            return v1_response(answers, self.bundle.version)
+        finally:  # failed requests too: the latency alert must see them
+            metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - started)
 
     def _read_features(self, user_ids: list[str]) -> UserFeatures:
         return self.reader.read(user_ids)
@@ -164,9 +164,11 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         features, failure = None, None
         started = time.perf_counter()
-        read = loop.run_in_executor(self.feature_pool, self.read_features, [query.user_id for query in queries])
+        read = self.feature_pool.submit(self.read_features, [query.user_id for query in queries])
         try:
-            features = await asyncio.wait_for(asyncio.shield(read), self.deadline)
+            # On timeout wait_for cancels the read: one still queued is dropped (a stuck
+            # store must not leave a backlog of stale reads); one running finishes.
+            features = await asyncio.wait_for(asyncio.wrap_future(read), self.deadline)
         except asyncio.TimeoutError:
             failure = "feature_store_timeout"
             read.add_done_callback(_log_late_read)
@@ -177,7 +179,7 @@ class MicroBatcher:
         return await loop.run_in_executor(self.model_pool, self.answer, queries, features, failure)
 
 
-def _log_late_read(read: asyncio.Future) -> None:
+def _log_late_read(read: concurrent.futures.Future) -> None:
     if not read.cancelled() and read.exception() is not None:
         log.warning("online feature read failed after its deadline: %s", read.exception())
 

@@ -140,6 +140,11 @@ def _identifier(value: Any, where: str) -> str:
         raise InvalidInput(f"{where} must be a string, got {type(value).__name__}")
     if not value or len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"{where} must be 1 to {MAX_ID_LENGTH} characters long")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # A lone surrogate ("\ud800") parses as JSON but breaks the feature store's key encoding.
+        raise InvalidInput(f"{where} is not valid Unicode text") from error
     return value
 
 

@@ -90,6 +90,8 @@ def serve(models: list, port: int, access_log: bool = False) -> None:
 
     configure_app()
     if not access_log:
-        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        # uvicorn's access lines and KServe's per-request timing lines.
+        for name in ("uvicorn.access", "kserve.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     server = ModelServer(http_port=port, workers=1, enable_grpc=False, enable_latency_logging=access_log)
     server.start(models)

@@ -71,8 +71,11 @@ class UserFeatureReader:
 def push_clicks(store, clicks: pd.DataFrame) -> pd.DataFrame:
     """Append clicks (``user_id``, ``item_id``, ``event_timestamp``) to the users' online history.
 
-    Returns the rows pushed, one per user: the extended history, the last
-    click's epoch seconds, stamped with that click's time.
+    Returns the rows pushed, one per user: the extended history and the
+    latest click's epoch seconds. A row is stamped with its newest click, or
+    just after the row it replaces if that is newer: the Redis store ignores
+    a write no newer than what it holds (SQLite overwrites), so a late click
+    would otherwise be lost there. A late click is still appended last.
     """
     missing = {"user_id", "item_id", "event_timestamp"} - set(clicks.columns)
     if missing:
@@ -84,14 +87,19 @@ def push_clicks(store, clicks: pd.DataFrame) -> pd.DataFrame:
     per_user = clicks.groupby("user_id", sort=False).agg(items=("item_id", list), last=("event_timestamp", "max"))
     users = [str(user) for user in per_user.index]
     current = store.get_online_features(
-        features=[f"user_history:{HISTORY_COLUMN}"], entity_rows=[{"user_id": user} for user in users]
-    ).to_dict()[HISTORY_COLUMN]
+        features=[f"user_history:{HISTORY_COLUMN}", f"user_history:{LAST_CLICK_COLUMN}"],
+        entity_rows=[{"user_id": user} for user in users],
+    ).to_dict(include_event_timestamps=True)
+    last = per_user["last"].reset_index(drop=True)
+    after_stored = pd.to_datetime(pd.Series(current[HISTORY_COLUMN + TIMESTAMP_SUFFIX], dtype="int64"), unit="s", utc=True)
+    after_stored += pd.Timedelta(seconds=1)
+    stored_last_click = pd.Series(current[LAST_CLICK_COLUMN], dtype="float64").fillna(0).to_numpy()
     rows = pd.DataFrame(
         {
             "user_id": users,
-            "event_timestamp": per_user["last"].to_numpy(),
-            HISTORY_COLUMN: [extend_history(old, new) for old, new in zip(current, per_user["items"])],
-            LAST_CLICK_COLUMN: epoch_seconds(per_user["last"]).to_numpy(),
+            "event_timestamp": last.where(last >= after_stored, after_stored),
+            HISTORY_COLUMN: [extend_history(old, new) for old, new in zip(current[HISTORY_COLUMN], per_user["items"])],
+            LAST_CLICK_COLUMN: np.maximum(epoch_seconds(per_user["last"]).to_numpy(), stored_last_click).astype("int64"),
         }
     )
     store.push(HISTORY_PUSH_SOURCE, rows)

@@ -141,7 +141,8 @@ def test_a_locked_online_store_gives_fallbacks_then_recovers_without_a_restart(w
         wait_for(lambda: len(load.fallbacks) > 20)
         assert load.fallbacks[-1] is None
         before = _fallbacks(server).get("feature_store_timeout", 0.0)
-        lock = sqlite3.connect(workspace.feature_repo / "data" / "online_store.db", timeout=0)
+        # A pending exclusive lock keeps new readers out, so it is granted once current reads end.
+        lock = sqlite3.connect(workspace.feature_repo / "data" / "online_store.db", timeout=5)
         lock.execute("BEGIN EXCLUSIVE")
         try:
             mark = len(load.fallbacks)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -15,7 +17,9 @@ def known_users(workspace, n: int) -> list[str]:
 
 
 def post(server, path: str, body=None, content: bytes | None = None, headers=JSON) -> httpx.Response:
-    return httpx.post(server.url + path, json=body, content=content, headers=headers, timeout=30)
+    if body is not None:  # json.dumps escapes to ASCII, so even a lone surrogate gets through
+        content = json.dumps(body).encode()
+    return httpx.post(server.url + path, content=content, headers=headers, timeout=30)
 
 
 def test_v1_answers_a_batch_of_known_users_with_the_full_stack(server, workspace):
@@ -74,16 +78,33 @@ def test_v2_answers_with_padded_tensors_and_the_model_version(server, workspace)
         assert ids[row * 6 : (row + 1) * 6] == [item["item_id"] for item in prediction["items"]]
 
 
-def test_metrics_expose_stages_fallbacks_and_the_model(server):
-    post(server, V1, {"instances": [{"user_id": "another-unknown-user"}]})
+def _samples(server) -> dict[str, float]:
     text = httpx.get(server.url + "/metrics", timeout=10).text
+    return {
+        name: float(value)
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+        for name, value in [line.rsplit(" ", 1)]
+    }
+
+
+def test_metrics_count_stages_fallbacks_scores_and_feature_age(server, workspace):
+    before = _samples(server)
+    post(server, V1, {"instances": [{"user_id": known_users(workspace, 1)[0], "k": 5}, {"user_id": "another-unknown"}]})
+    after = _samples(server)
+
+    def grew(name: str, by: float = 1.0) -> bool:
+        return after.get(name, 0.0) >= before.get(name, 0.0) + by
+
     for stage in ("features", "retrieval", "ranking", "reranking"):
-        assert f'recflow_stage_seconds_count{{stage="{stage}"}}' in text, stage
-    assert 'recflow_fallback_total{reason="unknown_user"}' in text
-    assert "recflow_model_info{" in text
-    assert 'recflow_requests_total{endpoint="v1",status="200"}' in text
-    assert "recflow_served_score_bucket" in text
-    assert "recflow_feature_age_seconds_bucket" in text
+        assert grew(f'recflow_stage_seconds_count{{stage="{stage}"}}'), stage
+    assert grew('recflow_fallback_total{reason="unknown_user"}')
+    assert grew('recflow_requests_total{endpoint="v1",status="200"}')
+    assert grew("recflow_served_score_count", by=5)  # the known user's 5 items; cold starts are not model scores
+    assert grew("recflow_feature_age_seconds_count")
+    assert grew("recflow_batch_users_sum", by=2)
+    version = workspace.card["version"]
+    assert any(name.startswith("recflow_model_info{") and f'version="{version}"' in name for name in after)
 
 
 BAD_V1 = {
@@ -131,6 +152,7 @@ BAD_V2 = {
     "user_id shape mismatch": (_v2(["u1", "u2"], shape=[3]), "user_id"),
     "user_id 2-D": (_v2(["u1", "u2"], shape=[1, 2]), "user_id"),
     "user_id numbers in BYTES": (_v2([1, 2]), "user_id[0]"),
+    "user_id a lone surrogate": (_v2(["\ud800"]), "user_id[0]"),
     "missing user_id": ({"inputs": [{"name": "k", "datatype": "INT32", "shape": [1], "data": [3]}]}, "user_id"),
     "k as FP32": (_v2(k={"datatype": "FP32", "shape": [1], "data": [3.0]}), "'k'"),
     "k zero": (_v2(k={"datatype": "INT32", "shape": [1], "data": [0]}), "k[0]"),

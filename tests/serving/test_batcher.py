@@ -1,0 +1,102 @@
+"""The micro-batcher alone: answers stay with their requests, failures stay in their batch.
+
+The read and answer functions are small stand-ins that record what they were
+given; the batcher, its thread pools and its deadline are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from recflow.recommender.online import Answer, Query
+from serving.config import ServingConfig
+from serving.model import MicroBatcher
+
+
+class Recorder:
+    def __init__(self, read_seconds: float = 0.0, fail_on: str | None = None):
+        self.read_seconds = read_seconds
+        self.fail_on = fail_on
+        self.batches: list[list[str]] = []
+        self.failures: list[str | None] = []
+        self.reads = 0
+        self.lock = threading.Lock()
+
+    def read(self, user_ids):
+        with self.lock:
+            self.reads += 1
+        time.sleep(self.read_seconds)
+        return user_ids
+
+    def answer(self, queries, features, failure):
+        users = [query.user_id for query in queries]
+        self.batches.append(users)
+        self.failures.append(failure)
+        if self.fail_on in users:
+            raise RuntimeError("model failed")
+        return [Answer(query.user_id, [(f"item-of-{query.user_id}", float(query.k))], failure) for query in queries]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_requests_of_mixed_sizes_get_their_own_answers_in_batches_of_at_most_four():
+    recorder = Recorder()
+    config = ServingConfig(max_batch_users=4, max_users_per_request=3, max_k=10)
+    batcher = MicroBatcher(recorder.read, recorder.answer, config)
+    requests = [[Query(f"u{r}-{i}", k=1 + (r + i) % 5) for i in range(1 + r % 3)] for r in range(12)]
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(request) for request in requests))
+
+    answers = run(main())
+    for request, got in zip(requests, answers):
+        assert [a.user_id for a in got] == [q.user_id for q in request]
+        assert [a.items[0] for a in got] == [(f"item-of-{q.user_id}", float(q.k)) for q in request]
+    assert all(len(batch) <= 4 for batch in recorder.batches)
+    assert sum(len(batch) for batch in recorder.batches) == sum(len(r) for r in requests)
+    assert len(recorder.batches) < len(requests)  # requests were grouped
+
+
+def test_a_failing_batch_fails_its_requests_only_and_the_worker_goes_on():
+    recorder = Recorder(fail_on="bad")
+    batcher = MicroBatcher(recorder.read, recorder.answer, ServingConfig())
+
+    async def main():
+        failed = await asyncio.gather(batcher.submit([Query("bad", 1)]), return_exceptions=True)
+        later = await batcher.submit([Query("good", 2)])
+        return failed, later
+
+    failed, later = run(main())
+    assert isinstance(failed[0], RuntimeError)
+    assert later[0].user_id == "good" and later[0].fallback is None
+
+
+def test_a_read_past_the_deadline_answers_with_the_timeout_and_queued_reads_are_dropped():
+    recorder = Recorder(read_seconds=0.3)
+    batcher = MicroBatcher(recorder.read, recorder.answer, ServingConfig(feature_deadline_ms=20, max_k=10))
+
+    async def main():
+        # One after another: each batch's read misses its deadline.
+        return [await batcher.submit([Query(f"u{i}", 3)]) for i in range(12)]
+
+    answers = run(main())
+    assert {a[0].fallback for a in answers} == {"feature_store_timeout"}
+    assert set(recorder.failures) == {"feature_store_timeout"}
+    # 4 read threads, 12 deadlines of 20 ms within ~0.3 s: reads still queued were cancelled, not run.
+    time.sleep(0.7)
+    assert recorder.reads < 12
+
+
+def test_contradictory_settings_are_rejected():
+    with pytest.raises(ValueError, match="default_k"):
+        ServingConfig(default_k=20, max_k=10)
+    with pytest.raises(ValueError, match="max_batch_users"):
+        ServingConfig(max_batch_users=8, max_users_per_request=16)
+    with pytest.raises(ValueError, match="max_kk"):
+        ServingConfig(max_kk=3)
