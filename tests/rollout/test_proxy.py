@@ -1,0 +1,113 @@
+"""The traffic split through a real HAProxy (Debian package): weights move live, users stay put, nothing fails.
+
+The two backends are small HTTP servers on loopback that answer with their
+variant's name (the proxy neither knows nor cares what serves behind it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from recflow.rollout.proxy import USER_HEADER, TrafficProxy
+from serving.process import free_port
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="haproxy missing (Debian package haproxy; .ci/run installs it)"
+)
+USERS = [f"user-{i}" for i in range(400)]
+
+
+def backend(name: str) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            length = int(self.headers.get("Content-Length", 0))
+            self.rfile.read(length)
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    stable, canary = backend("stable"), backend("canary")
+    with TrafficProxy(
+        tmp_path_factory.mktemp("haproxy"), free_port(),
+        f"127.0.0.1:{stable.server_address[1]}", f"127.0.0.1:{canary.server_address[1]}",
+    ) as running:
+        with httpx.Client(base_url=f"http://127.0.0.1:{running.port}", timeout=10) as client:
+            yield running, client
+    stable.shutdown()
+    canary.shutdown()
+
+
+def variants(client, users=USERS) -> dict[str, str]:
+    return {user: client.post("/v1/models/recommender:predict", headers={USER_HEADER: user}, content=b"{}").text for user in users}
+
+
+def test_weights_move_users_in_proportion_and_a_user_keeps_their_variant(proxy):
+    running, client = proxy
+    running.set_canary_percent(0)
+    assert set(variants(client).values()) == {"stable"}
+    running.set_canary_percent(25)
+    assert running.weights() == {"stable": 75, "canary": 25}
+    at_25 = variants(client)
+    share = sum(v == "canary" for v in at_25.values()) / len(USERS)
+    assert 0.15 < share < 0.35, share
+    assert variants(client) == at_25  # sticky: the same users on the same variant
+    running.set_canary_percent(50)
+    at_50 = variants(client)
+    assert 0.4 < sum(v == "canary" for v in at_50.values()) / len(USERS) < 0.6
+    kept = [user for user, v in at_25.items() if v == "canary"]
+    assert sum(at_50[user] == "canary" for user in kept) / len(kept) > 0.9
+    running.set_canary_percent(100)
+    assert set(variants(client).values()) == {"canary"}
+
+
+def test_no_request_fails_while_the_weights_change(proxy):
+    running, client = proxy
+    statuses, stop = [], threading.Event()
+
+    def load():
+        with httpx.Client(base_url=f"http://127.0.0.1:{running.port}", timeout=10) as own:
+            i = 0
+            while not stop.is_set():
+                user = USERS[i % len(USERS)]
+                i += 1
+                try:
+                    statuses.append(own.post("/", headers={USER_HEADER: user}, content=b"{}").status_code)
+                except httpx.HTTPError as error:
+                    statuses.append(type(error).__name__)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for percent in (5, 25, 50, 100, 0, 50, 0):
+        running.set_canary_percent(percent)
+        threading.Event().wait(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(statuses) > 100
+    assert set(statuses) == {200}
+
+
+def test_bad_percent_is_refused(proxy):
+    running, _ = proxy
+    with pytest.raises(ValueError, match="0..100"):
+        running.set_canary_percent(120)
