@@ -45,7 +45,7 @@ def _require(results: dict[str, EvaluationResult]) -> None:
         raise ValueError("a report needs at least one evaluation result")
 
 
-def _png(figure: Figure) -> str:
+def png_data_uri(figure: Figure) -> str:
     """The figure as a data URI, rendered with the Agg canvas (no display, no pyplot state)."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
@@ -85,7 +85,7 @@ def _bar_chart(results: dict[str, EvaluationResult]) -> str:
     axes.set_ylabel("value")
     axes.set_title("Metrics per recommender")
     _legend(axes)
-    return _png(figure)
+    return png_data_uri(figure)
 
 
 def _ndcg_curves(results: dict[str, EvaluationResult]) -> str:
@@ -99,7 +99,7 @@ def _ndcg_curves(results: dict[str, EvaluationResult]) -> str:
     axes.set_ylabel("mean NDCG@k")
     axes.set_title("NDCG@k")
     _legend(axes)
-    return _png(figure)
+    return png_data_uri(figure)
 
 
 def _ndcg_histogram(results: dict[str, EvaluationResult]) -> str:
@@ -112,7 +112,7 @@ def _ndcg_histogram(results: dict[str, EvaluationResult]) -> str:
     axes.set_ylabel("users")
     axes.set_title("Distribution of per-user NDCG")
     _legend(axes)
-    return _png(figure)
+    return png_data_uri(figure)
 
 
 def _format(value: Any) -> str:

@@ -1,7 +1,12 @@
-"""The traffic split through a real HAProxy (Debian package): weights move live, users stay put, nothing fails.
+"""The local rollout: a real HAProxy (Debian package) splitting traffic, and the controller moving it.
 
-The two backends are small HTTP servers on loopback that answer with their
-variant's name (the proxy neither knows nor cares what serves behind it).
+Proxy: weights move live, users stay put, nothing fails. The two backends
+are small HTTP servers on loopback that answer with their variant's name
+(the proxy neither knows nor cares what serves behind it).
+
+Controller: it drives the real proxy; each interval's figures come from a
+script instead of Prometheus (that path is ``test_prometheus.py``), so the
+decisions are known in advance, and the wait between intervals is skipped.
 """
 
 from __future__ import annotations
@@ -10,9 +15,13 @@ import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dataclasses
+
 import httpx
 import pytest
 
+from recflow.rollout.analysis import AnalysisConfig, VariantMetrics
+from recflow.rollout.controller import RolloutConfig, read_log, render_report, run_rollout
 from recflow.rollout.proxy import USER_HEADER, TrafficProxy
 from serving.process import free_port
 
@@ -111,3 +120,63 @@ def test_bad_percent_is_refused(proxy):
     running, _ = proxy
     with pytest.raises(ValueError, match="0..100"):
         running.set_canary_percent(120)
+
+
+HEALTHY = VariantMetrics(
+    requests=2000, errors=1, users=2000, fallbacks=5, p99_seconds=0.04, impressions=20000, clicks=2000,
+    score_counts=(5, 20, 40, 20, 5),
+)
+CONFIG = RolloutConfig(analysis=AnalysisConfig(steps=[5, 25, 50, 100]), interval_seconds=30, max_holds_per_step=2)
+
+
+def scripted(running, canary_figures):
+    """A measure function that records the proxy's canary weight at every interval."""
+    seen = []
+
+    def measure(variant: str) -> VariantMetrics:
+        if variant == "stable":
+            seen.append(running.weights()["canary"])
+            return HEALTHY
+        return canary_figures(len(seen))
+
+    return measure, seen
+
+
+def no_wait(seconds: float) -> None:
+    assert seconds == CONFIG.interval_seconds
+
+
+def test_a_healthy_canary_walks_every_step_and_is_promoted(proxy, tmp_path):
+    running, _ = proxy
+    measure, seen = scripted(running, lambda interval: HEALTHY)
+    result = run_rollout(running, measure, CONFIG, tmp_path / "rollout.jsonl", sleep=no_wait)
+    assert result.outcome == "promoted"
+    assert seen == [5, 25, 50, 100]
+    assert running.weights() == {"stable": 0, "canary": 100}
+    log = read_log(result.log_path)
+    assert [r["action"] for r in log] == ["advance", "advance", "advance", "promote"]
+    assert log[0]["canary"]["requests"] == 2000 and {c["name"] for c in log[0]["checks"]} >= {"error rate"}
+    page = render_report(result.log_path, tmp_path / "rollout.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and "promote" in page
+
+
+def test_a_faulty_canary_is_rolled_back_at_its_first_analysis_and_never_reaches_100(proxy, tmp_path):
+    running, _ = proxy
+    faulty = dataclasses.replace(HEALTHY, errors=150)  # 7.5% 5xx
+    measure, seen = scripted(running, lambda interval: HEALTHY if interval < 2 else faulty)
+    result = run_rollout(running, measure, CONFIG, tmp_path / "rollout.jsonl", sleep=no_wait)
+    assert result.outcome == "rolled back" and "error rate" in result.reason
+    assert seen == [5, 25]  # rolled back within the second interval, at 25%
+    assert running.weights() == {"stable": 100, "canary": 0}
+    assert read_log(result.log_path)[-1]["action"] == "rollback"
+
+
+def test_a_canary_without_evidence_is_rolled_back_after_the_allowed_holds(proxy, tmp_path):
+    running, _ = proxy
+    quiet = dataclasses.replace(HEALTHY, requests=10, users=10)
+    measure, seen = scripted(running, lambda interval: quiet)
+    result = run_rollout(running, measure, CONFIG, tmp_path / "rollout.jsonl", sleep=no_wait)
+    assert result.outcome == "rolled back" and "no verdict" in result.reason
+    assert seen == [5, 5, 5]
+    assert [r["action"] for r in read_log(result.log_path)] == ["hold", "hold", "rollback"]
+    assert running.weights()["canary"] == 0

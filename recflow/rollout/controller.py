@@ -1,0 +1,145 @@
+"""The rollout controller: move a canary through the traffic steps, analyse each interval, decide.
+
+One loop for every platform. A :class:`TrafficBackend` moves traffic (the
+local HAProxy, :class:`recflow.rollout.proxy.TrafficProxy`; the
+InferenceService on a cluster) and a metrics source measures each variant
+over the last interval (:func:`recflow.rollout.prometheus.variant_metrics`);
+:func:`recflow.rollout.analysis.analyse` decides. Per interval:
+
+- ``advance``: the next step's weight is set; ``promote`` after the last;
+- ``hold``: the step is kept for another interval, at most
+  ``max_holds_per_step`` times, after which the canary is rolled back (a
+  canary that cannot gather evidence is not promoted on faith);
+- ``rollback``: the canary's weight goes back to 0 at once.
+
+Every decision goes to a JSON-lines log with its evidence (both variants'
+figures and every check), and :func:`render_report` draws the HTML report:
+traffic weight, p99 latency and click-through per variant over time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from matplotlib.figure import Figure
+from pydantic import BaseModel, ConfigDict, Field
+
+from recflow.evaluation.report import png_data_uri
+from recflow.rollout.analysis import AnalysisConfig, VariantMetrics, analyse
+
+
+class TrafficBackend(Protocol):
+    def set_canary_percent(self, percent: int) -> None: ...
+
+
+class RolloutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    analysis: AnalysisConfig = AnalysisConfig()
+    interval_seconds: float = Field(30.0, gt=0, description="Time at a step between two analyses")
+    max_holds_per_step: int = Field(5, ge=0, description="Intervals without enough evidence before rolling back")
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    outcome: str  # "promoted" | "rolled back"
+    reason: str
+    final_percent: int
+    log_path: Path
+
+
+def run_rollout(
+    backend: TrafficBackend,
+    measure: Callable[[str], VariantMetrics],
+    config: RolloutConfig,
+    log_path: str | Path,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RolloutResult:
+    """Drive one rollout to promotion or rollback; ``measure("stable"|"canary")`` gives an interval's figures."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    steps = config.analysis.steps
+    with log_path.open("a") as log:
+        step_index, holds = 0, 0
+        backend.set_canary_percent(steps[0])
+        while True:
+            sleep(config.interval_seconds)
+            stable, canary = measure("stable"), measure("canary")
+            decision = analyse(stable, canary, steps[step_index], config.analysis)
+            action, reason = decision.action, decision.reason
+            if action == "hold":
+                holds += 1
+                if holds > config.max_holds_per_step:
+                    action, reason = "rollback", f"no verdict after {holds} intervals at {steps[step_index]}%: {reason}"
+            record = {
+                "time": time.time(),
+                "percent": steps[step_index],
+                "action": action,
+                "reason": reason,
+                "checks": decision.to_dict()["checks"],
+                "stable": dataclasses.asdict(stable),
+                "canary": dataclasses.asdict(canary),
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if action == "rollback":
+                backend.set_canary_percent(0)
+                return RolloutResult("rolled back", reason, 0, log_path)
+            if action == "promote":
+                return RolloutResult("promoted", reason, 100, log_path)
+            if action == "advance":
+                step_index, holds = step_index + 1, 0
+                backend.set_canary_percent(steps[step_index])
+
+
+def read_log(log_path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+
+
+def render_report(log_path: str | Path, out: str | Path) -> Path:
+    """The rollout's HTML page: the decisions with their evidence, and the plots over time."""
+    records = read_log(log_path)
+    if not records:
+        raise ValueError(f"{log_path} holds no decisions to report")
+    start = records[0]["time"]
+    minutes = [(r["time"] - start) / 60 for r in records]
+    figure = Figure(figsize=(10, 7.5))
+    weight, latency, ctr = figure.subplots(3, 1, sharex=True)
+    weight.step(minutes, [r["percent"] for r in records], where="post", label="canary")
+    weight.step(minutes, [100 - r["percent"] for r in records], where="post", label="stable")
+    weight.set_ylabel("traffic %")
+    for variant in ("stable", "canary"):
+        latency.plot(minutes, [r[variant]["p99_seconds"] * 1000 for r in records], marker="o", label=variant)
+        ctr.plot(minutes, [_ctr(r[variant]) for r in records], marker="o", label=variant)
+    latency.set_ylabel("p99 ms")
+    ctr.set_ylabel("click-through")
+    ctr.set_xlabel("minutes since the first analysis")
+    for axis in (weight, latency, ctr):
+        axis.legend(loc="best")
+        axis.grid(alpha=0.3)
+    rows = "".join(
+        f"<tr><td>{m:.1f}</td><td>{r['percent']}%</td><td>{html.escape(r['action'])}</td>"
+        f"<td>{html.escape(r['reason'])}</td></tr>"
+        for m, r in zip(minutes, records)
+    )
+    final = records[-1]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>recflow rollout</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}}</style>
+</head><body><h1>Rollout: {html.escape(final['action'])}</h1><p>{html.escape(final['reason'])}</p>
+<img alt="traffic, latency and click-through per variant" src="{png_data_uri(figure)}">
+<h2>Decisions</h2><table><tr><th>minute</th><th>canary</th><th>action</th><th>reason</th></tr>{rows}</table>
+</body></html>"""
+    out = Path(out)
+    out.write_text(page)
+    return out
+
+
+def _ctr(metrics: dict) -> float:
+    return metrics["clicks"] / metrics["impressions"] if metrics["impressions"] else float("nan")
