@@ -2,9 +2,10 @@
 
 The event loop only parses, queues and answers. Blocking work runs in two
 thread pools: the online feature read (bounded by a deadline, after which the
-batch is answered with popular items while the read finishes in the
-background) and the model call (one thread: batches run one after another,
-so the stages never compete with each other for the two cores).
+batch is answered with popular items; a read still queued is dropped, one
+already running finishes in the background) and the model call (one thread:
+batches run one after another, so the stages never compete with each other
+for the two cores).
 
 Concurrent requests are grouped the way Triton's dynamic batcher does it:
 whatever arrived while the previous batch ran goes into the next model call,
