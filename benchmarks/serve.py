@@ -13,12 +13,14 @@ recommender counted: answers from a fallback would flatter its figures, so
 they are reported, not hidden.
 
 Freshness, on the same recommender server after the load: for each of
-``--freshness-trials`` users, push a click on the first item it serves them
-(through the ``user_history_push`` source) and request again until that item
-is gone from the answer (the click is in their history, so the seen-item
-filter drops it). Push-to-served time is from before the push to that
-answer. The server reads a copy of the workspace's feature repo, so the
-pushed clicks never reach the workspace.
+``--freshness-trials`` users, a click on the first item it serves them goes
+through the feedback ingestion (logged, then pushed to the online store
+through the ``user_history_push`` source) and the user is asked again until
+that item is gone from the answer (the click is in their history, so the
+seen-item filter drops it). Click-to-served time is from handing the click to
+the ingestion to that answer. The server reads a copy of the workspace's
+feature repo, and the feedback log is a temporary one, so the clicks never
+reach the workspace.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def run(
         with ServerProcess(recommender_args, tmp / "recommender.log") as server:
             recommender = _load(server.url + V1_PATH, users_file, concurrency, seconds)
             fallbacks = _fallbacks(server.url)
-            freshness = _freshness(server.url + V1_PATH, store.get_store(repo), load_users[users:])
+            freshness = _freshness(server.url + V1_PATH, store.get_store(repo), load_users[users:], tmp / "feedback.jsonl")
         with ServerProcess(["--noop"], tmp / "noop.log") as server:
             floor = _load(server.url + V1_PATH, users_file, concurrency, seconds)
     ratios = {
@@ -122,9 +124,11 @@ def _load(url: str, users_file: Path, concurrency: int, seconds: float) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _freshness(url: str, feature_store, users: list[str]) -> dict:
-    """Push-to-served milliseconds per user: push a click on their first item, ask until it is gone."""
-    from recflow.features.online import push_clicks
+def _freshness(url: str, feature_store, users: list[str], log_path: Path) -> dict:
+    """Click-to-served milliseconds per user: a click on their first item goes through the feedback
+    ingestion (logged, then pushed to the online store), and the user is asked until the item is gone."""
+    from recflow.feedback.ingest import FeedbackIngestor
+    from recflow.feedback.log import FeedbackEvent, FeedbackLog
 
     def served(user: str) -> list[str]:
         body = json.dumps({"instances": [{"user_id": user, "k": 10}]}).encode()
@@ -133,17 +137,25 @@ def _freshness(url: str, feature_store, users: list[str]) -> dict:
             return [item["item_id"] for item in json.loads(response.read())["predictions"][0]["items"]]
 
     times, unchanged = [], 0
-    for user in users:
-        clicked = served(user)[0]
-        click = pd.DataFrame({"user_id": [user], "item_id": [clicked], "event_timestamp": [pd.Timestamp.now(tz="UTC")]})
-        started = time.perf_counter()
-        push_clicks(feature_store, click)
-        while clicked in served(user):
-            if time.perf_counter() - started > 10:
-                unchanged += 1
-                break
-        else:
-            times.append((time.perf_counter() - started) * 1000.0)
+    with FeedbackLog(log_path) as feedback_log:
+        ingestor = FeedbackIngestor(feature_store, feedback_log).start()
+        try:
+            for number, user in enumerate(users):
+                clicked = served(user)[0]
+                click = FeedbackEvent(
+                    event_id=f"freshness-{number}", user_id=user, item_id=clicked,
+                    event_timestamp=pd.Timestamp.now(tz="UTC").to_pydatetime(), clicked=True,
+                )
+                started = time.perf_counter()
+                ingestor.accept([click])
+                while clicked in served(user):
+                    if time.perf_counter() - started > 10:
+                        unchanged += 1
+                        break
+                else:
+                    times.append((time.perf_counter() - started) * 1000.0)
+        finally:
+            ingestor.stop()
     values = np.asarray(times) if times else np.asarray([np.inf])
     return {
         "trials": len(users),

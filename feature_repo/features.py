@@ -112,9 +112,20 @@ user_history = FeatureView(
     schema=[
         Field(name="user_recent_item_ids", dtype=Array(String), description="Last clicked items, newest last"),
         Field(name="user_last_click_ts", dtype=Int64, description="Epoch seconds of the last click"),
+        Field(
+            name="user_feedback_seq",
+            dtype=Int64,
+            description="Feedback-log position of the newest click in this row; 0 for batch snapshots",
+        ),
     ],
     source=user_history_push,
 )
+
+# What models read of the history (projected in the services below; a
+# module-level projection would be applied as a second view of that name). The
+# feedback position is bookkeeping that makes replaying the feedback log
+# idempotent, never a model input.
+MODEL_HISTORY_FEATURES = ["user_recent_item_ids", "user_last_click_ts"]
 
 @on_demand_feature_view(
     sources=[user_engagement, item_stats],
@@ -150,11 +161,11 @@ def engagement_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
 retrieval_v1 = FeatureService(
     name="retrieval_v1",
     description="Two-tower retrieval: user profile, engagement and history; item profile and stats",
-    features=[user_profile, user_engagement, user_history, item_profile, item_stats],
+    features=[user_profile, user_engagement, user_history[MODEL_HISTORY_FEATURES], item_profile, item_stats],
 )
 
 ranking_v1 = FeatureService(
     name="ranking_v1",
     description="Ranking: everything retrieval reads plus the on-demand engagement ratios",
-    features=[user_profile, user_engagement, user_history, item_profile, item_stats, engagement_ratios],
+    features=[user_profile, user_engagement, user_history[MODEL_HISTORY_FEATURES], item_profile, item_stats, engagement_ratios],
 )

@@ -47,6 +47,8 @@ DAILY_DIR = "_daily"
 USER_ENGAGEMENT = "user_engagement"
 ITEM_STATS = "item_stats"
 USER_HISTORY = "user_history"
+# The user_history column saying which feedback-log clicks a row holds (recflow.feedback).
+FEEDBACK_SEQ_COLUMN = "user_feedback_seq"
 USER_PROFILE = "user_profile"
 ITEM_PROFILE = "item_profile"
 DAILY_TABLES = (USER_ENGAGEMENT, ITEM_STATS, USER_HISTORY)
@@ -206,6 +208,8 @@ def _history_rows(previous: pd.DataFrame, clicks: pd.DataFrame, day: dt.date) ->
             "event_timestamp": _snapshot_time(day),
             "user_recent_item_ids": merged,
             "user_last_click_ts": epoch_seconds(today["last_ts"]).to_numpy(),
+            # Batch snapshots hold no feedback-log click (see recflow.feedback).
+            FEEDBACK_SEQ_COLUMN: 0,
         }
     )
 

@@ -11,7 +11,9 @@ Fresh signals: :func:`push_clicks` appends clicks to the users' history rows
 through the ``user_history_push`` source, straight into the online store; the
 next read sees them. It extends the history with the rule the daily snapshots
 use (:func:`recflow.features.compute.extend_history`). It reads, extends and
-writes, so one writer per user at a time (the ingestion path) is assumed.
+writes, so one writer per user at a time (the feedback ingestion,
+:mod:`recflow.feedback`) is assumed; replaying clicks it already holds is a
+no-op.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recflow.features.compute import epoch_seconds, extend_history
+from recflow.features.compute import FEEDBACK_SEQ_COLUMN, epoch_seconds, extend_history
 from recflow.features.training_set import entity_feature_refs, fill_missing, service_features
 
 HISTORY_PUSH_SOURCE = "user_history_push"
@@ -69,37 +71,54 @@ class UserFeatureReader:
 
 
 def push_clicks(store, clicks: pd.DataFrame) -> pd.DataFrame:
-    """Append clicks (``user_id``, ``item_id``, ``event_timestamp``) to the users' online history.
+    """Append clicks (``user_id``, ``item_id``, ``event_timestamp``, ``sequence``) to the users' online history.
 
-    Returns the rows pushed, one per user: the extended history and the
-    latest click's epoch seconds. A row is stamped with its newest click, or
-    just after the row it replaces if that is newer: the Redis store ignores
-    a write no newer than what it holds (SQLite overwrites), so a late click
-    would otherwise be lost there. A late click is still appended last.
+    ``sequence`` is each click's position in the feedback log
+    (:class:`recflow.feedback.log.FeedbackLog`). A user's row records the
+    newest position it holds (``user_feedback_seq``) in the same write as the
+    history, so a click at or below it is already there and is skipped:
+    pushing the same clicks twice, as a restarted ingestion replaying its log
+    does, changes nothing.
+
+    Returns the rows pushed, one per user with new clicks: the extended
+    history, the latest click's epoch seconds and the feedback position. A
+    row is stamped with its newest click, or just after the row it replaces
+    if that is newer: the Redis store ignores a write no newer than what it
+    holds (SQLite overwrites), so a late click would otherwise be lost there.
+    A late click is still appended last.
     """
-    missing = {"user_id", "item_id", "event_timestamp"} - set(clicks.columns)
+    missing = {"user_id", "item_id", "event_timestamp", "sequence"} - set(clicks.columns)
     if missing:
         raise ValueError(f"clicks are missing columns {sorted(missing)}")
     if clicks.empty:
         return clicks.iloc[0:0]
-    clicks = clicks.assign(event_timestamp=pd.to_datetime(clicks["event_timestamp"], utc=True))
-    clicks = clicks.sort_values(["user_id", "event_timestamp"], kind="stable")
-    per_user = clicks.groupby("user_id", sort=False).agg(items=("item_id", list), last=("event_timestamp", "max"))
-    users = [str(user) for user in per_user.index]
+    clicks = clicks.assign(
+        user_id=clicks["user_id"].astype(str), event_timestamp=pd.to_datetime(clicks["event_timestamp"], utc=True)
+    )
+    users = sorted(set(clicks["user_id"]))
     current = store.get_online_features(
-        features=[f"user_history:{HISTORY_COLUMN}", f"user_history:{LAST_CLICK_COLUMN}"],
+        features=[f"user_history:{HISTORY_COLUMN}", f"user_history:{LAST_CLICK_COLUMN}", f"user_history:{FEEDBACK_SEQ_COLUMN}"],
         entity_rows=[{"user_id": user} for user in users],
     ).to_dict(include_event_timestamps=True)
-    last = per_user["last"].reset_index(drop=True)
-    after_stored = pd.to_datetime(pd.Series(current[HISTORY_COLUMN + TIMESTAMP_SUFFIX], dtype="int64"), unit="s", utc=True)
+    applied = dict(zip(users, pd.Series(current[FEEDBACK_SEQ_COLUMN], dtype="float64").fillna(0)))
+    clicks = clicks[clicks["sequence"].to_numpy() > clicks["user_id"].map(applied).to_numpy()]
+    if clicks.empty:
+        return clicks
+    clicks = clicks.sort_values(["user_id", "sequence"], kind="stable")
+    per_user = clicks.groupby("user_id", sort=True).agg(
+        items=("item_id", list), last=("event_timestamp", "max"), sequence=("sequence", "max")
+    )
+    stored = pd.DataFrame(current, index=users).loc[per_user.index]
+    after_stored = pd.to_datetime(stored[HISTORY_COLUMN + TIMESTAMP_SUFFIX].astype("int64"), unit="s", utc=True)
     after_stored += pd.Timedelta(seconds=1)
-    stored_last_click = pd.Series(current[LAST_CLICK_COLUMN], dtype="float64").fillna(0).to_numpy()
+    stored_last_click = stored[LAST_CLICK_COLUMN].astype("float64").fillna(0).to_numpy()
     rows = pd.DataFrame(
         {
-            "user_id": users,
-            "event_timestamp": last.where(last >= after_stored, after_stored),
-            HISTORY_COLUMN: [extend_history(old, new) for old, new in zip(current[HISTORY_COLUMN], per_user["items"])],
+            "user_id": per_user.index.to_numpy(),
+            "event_timestamp": per_user["last"].where(per_user["last"] >= after_stored, after_stored).to_numpy(),
+            HISTORY_COLUMN: [extend_history(old, new) for old, new in zip(stored[HISTORY_COLUMN], per_user["items"])],
             LAST_CLICK_COLUMN: np.maximum(epoch_seconds(per_user["last"]).to_numpy(), stored_last_click).astype("int64"),
+            FEEDBACK_SEQ_COLUMN: per_user["sequence"].to_numpy().astype("int64"),
         }
     )
     store.push(HISTORY_PUSH_SOURCE, rows)

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from recflow.features import store
+from recflow.features.compute import FEEDBACK_SEQ_COLUMN
 from recflow.features.training_set import fill_missing, join_features, service_features
 
 SERVICE = "retrieval_v1"
@@ -64,6 +65,8 @@ def test_online_values_are_the_newest_offline_rows(feature_env, online):
         if table in ("user_engagement", "item_stats"):
             assert row["event_timestamp"] == end, f"{table}: the newest snapshot is stamped at the end of the log"
         expected.update(row.drop([key, "event_timestamp"]).to_dict())
+    # Bookkeeping of the feedback ingestion: in the history table, never in a service.
+    assert expected.pop(FEEDBACK_SEQ_COLUMN) == 0
     features = service_features(fs, SERVICE)
     assert set(expected) == set(features)
     for name, want in expected.items():

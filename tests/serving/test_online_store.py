@@ -73,7 +73,14 @@ def test_a_pushed_click_changes_the_next_recommendation(server, workspace):
     clicked = before[0]
     pushed = push_clicks(
         store.get_store(workspace.feature_repo),
-        pd.DataFrame({"user_id": [user], "item_id": [clicked], "event_timestamp": [workspace.snapshot_at + pd.Timedelta(minutes=5)]}),
+        pd.DataFrame(
+            {
+                "user_id": [user],
+                "item_id": [clicked],
+                "event_timestamp": [workspace.snapshot_at + pd.Timedelta(minutes=5)],
+                "sequence": [1],
+            }
+        ),
     )
     assert pushed["user_recent_item_ids"].iloc[0][-1] == clicked
     after = [item["item_id"] for item in recommend(server, [user])[0]["items"]]
@@ -195,7 +202,9 @@ def test_a_click_pushed_to_redis_changes_the_next_recommendation(redis_server_pr
     repo, _ = redis_repo
     user = workspace.known_users()[-2]
     before = [item["item_id"] for item in recommend(redis_server_process, [user])[0]["items"]]
-    click = pd.DataFrame({"user_id": [user], "item_id": [before[0]], "event_timestamp": [workspace.snapshot_at + pd.Timedelta(minutes=5)]})
+    click = pd.DataFrame(
+        {"user_id": [user], "item_id": [before[0]], "event_timestamp": [workspace.snapshot_at + pd.Timedelta(minutes=5)], "sequence": [1]}
+    )
     push_clicks(store.get_store(repo), click)
     after = [item["item_id"] for item in recommend(redis_server_process, [user])[0]["items"]]
     assert before[0] not in after
