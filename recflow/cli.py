@@ -12,6 +12,8 @@
     recflow bench train               # training samples/s, 1 vs 2 processes, time to the bar
     recflow bench materialize
     recflow bench serve                  # server latency and throughput against a no-op KServe floor
+    recflow up | status | down           # the local platform: HAProxy, Prometheus, the model servers
+    recflow rollout --candidate DIR      # canary rollout on it: steps, analysis, promote or roll back
 """
 
 from __future__ import annotations
@@ -262,6 +264,51 @@ def cmd_bench_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- local platform and rollouts ------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from recflow.platform.commands import describe_up, up
+    from recflow.platform.config import PlatformConfig
+
+    config = PlatformConfig.from_file(args.config) if args.config else PlatformConfig()
+    print(describe_up(up(args.workspace, args.bundle, config)))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from recflow.platform.commands import status
+
+    healthy, report = status(args.workspace)
+    print(report)
+    return 0 if healthy else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from recflow.platform.commands import down
+
+    print(down(args.workspace))
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import yaml
+
+    from recflow.platform.rollout import rollout
+    from recflow.rollout.controller import RolloutConfig
+
+    settings = {}
+    if args.config:
+        settings = yaml.safe_load(Path(args.config).read_text()) or {}
+    if args.interval is not None:
+        settings["interval_seconds"] = args.interval
+    if args.steps is not None:
+        settings.setdefault("analysis", {})["steps"] = [int(step) for step in args.steps.split(",")]
+    result, report = rollout(args.workspace, args.candidate, RolloutConfig.model_validate(settings), args.report)
+    print(f"{result.outcome}: {result.reason}\nreport: {report}\ndecisions: {result.log_path}")
+    return 0 if result.outcome == "promoted" else 1
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -415,6 +462,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve_bench.add_argument("--freshness-trials", type=int, default=50, help="users whose pushed click is timed")
     serve_bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     serve_bench.set_defaults(handler=cmd_bench_serve)
+
+    up = commands.add_parser("up", help="start the local platform: HAProxy, Prometheus, the stable model server",
+                             description="Start the local platform on loopback, supervised; returns once it is healthy.")
+    up.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    up.add_argument("--bundle", help="the stable model (default: the workspace's current blessed model)")
+    up.add_argument("--config", help="platform settings (YAML, see recflow/platform/config.py)")
+    up.set_defaults(handler=cmd_up)
+    status = commands.add_parser("status", help="the local platform's processes (exit 1 if one is down)")
+    status.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    status.set_defaults(handler=cmd_status)
+    down = commands.add_parser("down", help="stop the local platform (nothing running is fine)")
+    down.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    down.set_defaults(handler=cmd_down)
+    rollout = commands.add_parser(
+        "rollout", help="canary rollout of a bundle on the local platform (exit 1 if rolled back)",
+        description="Start the candidate as the canary, move traffic through the steps, analyse each interval "
+                    "from Prometheus, then promote it or roll it back; writes a JSON decision log and an HTML report.",
+    )  # fmt: skip
+    rollout.add_argument("--candidate", required=True, help="the candidate model bundle directory")
+    rollout.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    rollout.add_argument("--steps", help="canary traffic percents, e.g. 5,25,50,100 (default: the config's)")
+    rollout.add_argument("--interval", type=float, help="seconds at a step between analyses (default: the config's)")
+    rollout.add_argument("--config", help="RolloutConfig (YAML, see recflow/rollout/controller.py)")
+    rollout.add_argument("--report", help="HTML report path (default: <workspace>/platform/rollouts/<time>/)")
+    rollout.set_defaults(handler=cmd_rollout)
     return parser
 
 

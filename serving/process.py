@@ -19,8 +19,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.model import MODEL_NAME
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -59,6 +57,9 @@ class ServerProcess:
         raise TimeoutError(f"model server not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
     def ready(self) -> bool:
+        # Imported here: kserve is heavy, and the local platform's supervisor uses free_port() without it.
+        from serving.model import MODEL_NAME
+
         try:
             with urllib.request.urlopen(f"{self.url}/v1/models/{MODEL_NAME}", timeout=2) as response:
                 return json.loads(response.read()).get("ready") is True

@@ -8,7 +8,13 @@ Sticky assignment: clients send the user id in the ``X-Recflow-User`` header
 (the proxy does not parse JSON bodies) and HAProxy hashes it on a consistent
 ring, so a user keeps their variant while the weights move, except for the
 users the growing canary takes over. Requests without the header are
-balanced like any other.
+balanced like any other. Every answer names the slot that served it in
+``X-Recflow-Variant``: the feedback a client sends about those items carries
+it, and the canary analysis compares click-through per variant.
+
+A slot can be pointed at another server live (``set server ... addr``): the
+local platform promotes a canary by pointing the ``stable`` slot at it, and
+parks the ``canary`` slot in maintenance while no canary runs.
 
 ``haproxy`` comes from the Debian package of that name; a missing binary is
 reported with the command that installs it.
@@ -20,9 +26,11 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 USER_HEADER = "X-Recflow-User"
+VARIANT_HEADER = "X-Recflow-Variant"
 BACKEND = "recommender"
 VARIANTS = ("stable", "canary")
 
@@ -48,9 +56,17 @@ backend {backend}
     balance hdr({header})
     hash-type consistent
     option httpchk GET /
+    http-response set-header {variant_header} %[srv_name]
     server stable {stable} weight 100 check inter 1s
     server canary {canary} weight 0 check inter 1s
 """
+
+
+@dataclass(frozen=True)
+class ServerState:
+    address: str  # host:port
+    up: bool  # its health check passes
+    maintenance: bool
 
 
 def require_haproxy() -> str:
@@ -76,7 +92,7 @@ class TrafficProxy:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             CONFIG.format(socket=self.socket_path, backend=BACKEND, port=self.port, header=USER_HEADER,
-                          stable=self.stable, canary=self.canary)
+                          variant_header=VARIANT_HEADER, stable=self.stable, canary=self.canary)
         )
         check = subprocess.run([binary, "-c", "-f", str(self.config_path)], capture_output=True, text=True)
         if check.returncode != 0:
@@ -111,6 +127,40 @@ class TrafficProxy:
     def weights(self) -> dict[str, int]:
         """Current weight of each variant (its percent of users)."""
         return {server: int(self._runtime(f"get weight {BACKEND}/{server}").split()[0]) for server in VARIANTS}
+
+    def set_address(self, server: str, address: str) -> None:
+        """Point ``server``'s slot at ``host:port``; requests already sent finish where they are."""
+        host, _, port = address.rpartition(":")
+        answer = self._runtime(f"set server {BACKEND}/{server} addr {host} port {port}")
+        if "change" not in answer:  # "IP changed from ...", "no need to change the addr, port changed ..."
+            raise RuntimeError(f"haproxy refused to point {server} at {address}: {answer.strip()}")
+
+    def set_enabled(self, server: str, enabled: bool) -> None:
+        """Take ``server``'s slot out of maintenance (health-checked again) or put it in."""
+        state = "ready" if enabled else "maint"
+        answer = self._runtime(f"set server {BACKEND}/{server} state {state}")
+        if answer.strip():
+            raise RuntimeError(f"haproxy refused 'set server {BACKEND}/{server} state {state}': {answer.strip()}")
+
+    def servers(self) -> dict[str, ServerState]:
+        """Each slot's address, whether its health check passes, and whether it is in maintenance."""
+        states = {}
+        for line in self._runtime(f"show servers state {BACKEND}").splitlines():
+            fields = line.split()
+            if len(fields) > 18 and fields[1] == BACKEND:
+                # srv_addr, srv_op_state (2: up), srv_admin_state (bit 0x1: maintenance), srv_port
+                states[fields[3]] = ServerState(
+                    address=f"{fields[4]}:{fields[18]}", up=fields[5] == "2", maintenance=bool(int(fields[6]) & 1)
+                )
+        return states
+
+    def wait_up(self, server: str, address: str, timeout: float = 15.0) -> None:
+        """Wait until ``server``'s slot points at ``address`` and its health check passes there."""
+        deadline = time.monotonic() + timeout
+        while (state := self.servers()[server]) != ServerState(address, up=True, maintenance=False):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"haproxy's {server} slot is not up at {address} after {timeout:.0f} s: {state}")
+            time.sleep(0.1)
 
     def _runtime(self, command: str) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
