@@ -188,7 +188,7 @@ def _table(result: dict) -> str:
         f"{'requests/s':<14}{rec['throughput_rps']:>14.1f}{floor['throughput_rps']:>14.1f}{ratios['throughput']:>9.2f}"
         f"{'>= ' + str(BARS['throughput']):>9}  {mark[result['passed']['throughput']]}",
         f"{'errors':<14}{rec['errors']:>14d}{floor['errors']:>14d}{'':>9}{'0':>9}  {mark[result['passed']['errors']]}",
-        f"freshness, push to served ({result['freshness']['trials']} users): p50 {result['freshness']['p50_ms']:.1f} ms,"
+        f"freshness, click to served through the feedback ingestion ({result['freshness']['trials']} users): p50 {result['freshness']['p50_ms']:.1f} ms,"
         f" p99 {result['freshness']['p99_ms']:.1f} ms (bar < 1000)  {mark[result['passed']['freshness']]}",
         f"fallbacks counted by the recommender during the load: {result['fallbacks'] or 'none'}",
         f"bundle: {result['bundle']}",

@@ -10,7 +10,23 @@ import datetime as dt
 from pathlib import Path
 
 import yaml
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FaultConfig(BaseModel):
+    """A deliberate fault, so a rollout can be shown to roll a faulty canary back (``recflow rollout --inject-fault``).
+
+    ``latency`` delays every answer by ``latency_ms``; ``errors`` answers
+    ``error_rate`` of the requests with HTTP 500. Off unless configured.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["latency", "errors"]
+    latency_ms: float = Field(250.0, gt=0)
+    error_rate: float = Field(0.3, gt=0, le=1)
 
 
 class ServingConfig(BaseModel):
@@ -29,6 +45,7 @@ class ServingConfig(BaseModel):
         description="Pin the request instant the ranker measures ages from (replaying a dataset's time); "
         "unset: the wall clock",
     )
+    inject_fault: FaultConfig | None = Field(None, description="A deliberate fault (rollout drills); unset: none")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingConfig:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,10 @@ from serving.config import ServingConfig
 from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
 
 log = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by :class:`~serving.config.FaultConfig` ``errors``: KServe answers it with HTTP 500."""
 
 MODEL_NAME = "recommender"
 
@@ -74,6 +79,7 @@ class RecommenderModel(Model):
         started = time.perf_counter()
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
         try:
+            await self._injected_fault()
             if protocol == "v2":
                 queries = parse_v2(payload, self.config)
                 answers = await self._batcher.submit(queries)
@@ -82,6 +88,15 @@ class RecommenderModel(Model):
             return v1_response(answers, self.bundle.version)
         finally:  # failed requests too: the latency alert must see them
             metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - started)
+
+    async def _injected_fault(self) -> None:
+        fault = self.config.inject_fault
+        if fault is None:
+            return
+        if fault.kind == "latency":
+            await asyncio.sleep(fault.latency_ms / 1000.0)
+        elif random.random() < fault.error_rate:
+            raise InjectedFault(f"injected fault: failing {fault.error_rate:.0%} of requests")
 
     def _read_features(self, user_ids: list[str]) -> UserFeatures:
         return self.reader.read(user_ids)

@@ -513,14 +513,47 @@ def _utc(start: dt.date, offset_us: np.ndarray) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(epoch_us + offset_us.astype("timedelta64[us]")).tz_localize("UTC")
 
 
+def _seeds(config: WorldConfig) -> list[np.random.SeedSequence]:
+    return np.random.SeedSequence(config.seed).spawn(config.days + 1)
+
+
+def _names(config: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
+    users = np.array([f"u{i}" for i in range(config.n_users)], dtype=object)
+    items = np.array([f"i{i}" for i in range(config.n_items)], dtype=object)
+    return users, items
+
+
+def _ground_truth(config: WorldConfig, pop: _Population) -> GroundTruth:
+    user_names, item_names = _names(config)
+    return GroundTruth(
+        config=config,
+        user_ids=user_names,
+        item_ids=item_names,
+        user_taste=pop.user_taste,
+        user_drift_taste=pop.user_drift_taste,
+        user_bias=pop.user_bias,
+        item_vectors=pop.item_vectors,
+        item_popularity=pop.item_popularity,
+    )
+
+
+def world_ground_truth(config: WorldConfig) -> GroundTruth:
+    """The oracle of the world ``config`` describes, without simulating its days.
+
+    The same object :func:`generate_world` returns with the log (the
+    population has its own random stream), at a fraction of the cost: the
+    traffic simulator needs only the oracle of the world a model was trained on.
+    """
+    return _ground_truth(config, _draw_population(config, np.random.default_rng(_seeds(config)[0])))
+
+
 def generate_world(config: WorldConfig) -> World:
     """Simulate the world described by ``config``; deterministic in ``config``."""
     # One random stream per day (and one for the population), so worlds that differ
     # only in drift are identical before drift starts: drift comparisons are paired.
-    day_seeds = np.random.SeedSequence(config.seed).spawn(config.days + 1)
+    day_seeds = _seeds(config)
     pop = _draw_population(config, np.random.default_rng(day_seeds[0]))
-    user_names = np.array([f"u{i}" for i in range(config.n_users)], dtype=object)
-    item_names = np.array([f"i{i}" for i in range(config.n_items)], dtype=object)
+    user_names, item_names = _names(config)
 
     logs = []
     for day in range(config.days):
@@ -555,16 +588,7 @@ def generate_world(config: WorldConfig) -> World:
             "age": pop.user_age,
         }
     )
-    truth = GroundTruth(
-        config=config,
-        user_ids=user_names,
-        item_ids=item_names,
-        user_taste=pop.user_taste,
-        user_drift_taste=pop.user_drift_taste,
-        user_bias=pop.user_bias,
-        item_vectors=pop.item_vectors,
-        item_popularity=pop.item_popularity,
-    )
+    truth = _ground_truth(config, pop)
     logger.info(
         "generated world: %d users, %d items, %d days, %d events, CTR %.3f",
         config.n_users,

@@ -42,6 +42,9 @@ WINDOW_CHUNK_DAYS = 64
 # Days after an event on which some window's value changes (enters, then leaves each window).
 CHANGE_LAGS = (0, *WINDOWS)
 STATE_FILE = "_state.json"
+# The tables' layout. A state written for another layout (2: user_history gained
+# user_feedback_seq) is discarded, so every day is computed again.
+TABLES_VERSION = 2
 DAILY_DIR = "_daily"
 
 USER_ENGAGEMENT = "user_engagement"
@@ -250,7 +253,9 @@ def compute_features(dataset: Dataset, offline_root: str | Path, events_filter: 
     root = Path(offline_root)
     root.mkdir(parents=True, exist_ok=True)
     state_path = root / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"days": {}}
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("tables_version") != TABLES_VERSION:
+        state = {"tables_version": TABLES_VERSION, "days": {}}
     filter_digest = (
         hashlib.sha256("\n".join(sorted(events_filter)).encode()).hexdigest() if events_filter is not None else ""
     )

@@ -123,9 +123,15 @@ class FeedbackLog:
             return Appended(logged, duplicates)
 
     def read(self, after: int = 0) -> Iterator[tuple[int, FeedbackEvent]]:
-        """Every logged event with a position above ``after``, in order."""
+        """Every logged event with a position above ``after``, in order.
+
+        Needs no :meth:`open`: a reader beside the writing process sees every
+        complete line (a line still being written ends the read early).
+        """
         with self.path.open("rb") as source:
             for number, line in enumerate(source, start=1):
+                if not line.endswith(b"\n"):
+                    return
                 try:
                     record = json.loads(line)
                     sequence = record.pop("sequence")

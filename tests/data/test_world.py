@@ -18,6 +18,7 @@ from recflow.data.world import (
     expected_num_events,
     generate_world,
     world_config,
+    world_ground_truth,
     write_world,
 )
 
@@ -58,6 +59,12 @@ def test_same_seed_same_world_and_different_seed_different_world(world):
     np.testing.assert_array_equal(world.ground_truth.user_taste, again.ground_truth.user_taste)
     other = generate_world(world_config("tiny", seed=1))
     assert not world.events[["user_id", "item_id", "clicked"]].equals(other.events[["user_id", "item_id", "clicked"]])
+
+
+def test_the_oracle_alone_is_the_generated_worlds_oracle(world):
+    alone = world_ground_truth(SCALES["tiny"])
+    for name in ("user_ids", "item_ids", "user_taste", "user_drift_taste", "user_bias", "item_vectors", "item_popularity"):
+        np.testing.assert_array_equal(getattr(alone, name), getattr(world.ground_truth, name), err_msg=name)
 
 
 @pytest.mark.parametrize(

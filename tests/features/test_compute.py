@@ -10,6 +10,8 @@ the 28-day window holds zeros. Histories keep the last 20 clicked items.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,17 @@ def test_an_unchanged_rerun_computes_nothing(incremental):
     after = _mtimes(root)
     assert sorted(after) == sorted(before)
     assert {k: v for k, v in after.items() if "profile" not in k} == {k: v for k, v in before.items() if "profile" not in k}
+
+
+def test_tables_of_an_older_layout_are_computed_again(incremental, tmp_path):
+    root = tmp_path / "offline"
+    shutil.copytree(incremental["scratch_root"], root)
+    state_file = root / compute.STATE_FILE
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "tables_version": compute.TABLES_VERSION - 1}))
+    result = compute.compute_features(incremental["full"], root)
+    assert result.computed_days == incremental["days"]
+    _assert_same_outputs(root, incremental["scratch_root"])
 
 
 def test_a_changed_middle_day_recomputes_from_that_day_on(tiny_world, incremental, tmp_path):

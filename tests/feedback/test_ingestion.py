@@ -8,10 +8,7 @@ child process on a free loopback port and talk HTTP to it.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -23,7 +20,6 @@ from recflow.features.compute import HISTORY_LENGTH
 from recflow.features.online import push_clicks
 from recflow.feedback.ingest import FeedbackIngestor
 from recflow.feedback.log import FeedbackEvent, FeedbackLog
-from serving.process import free_port
 
 T0 = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -94,65 +90,27 @@ def test_a_restart_pushes_what_was_logged_but_not_pushed_and_nothing_twice(repo,
             assert max(seq for _, seq in held.values()) == int(clicks["sequence"].max())
 
 
-class Service:
-    def __init__(self, repo, log_path, log_file):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "recflow.feedback", "--feature-repo", str(repo), "--log", str(log_path),
-                   "--port", str(self.port)]
-        self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, timeout=60)
-
-    def _healthy(self) -> bool:
-        assert self.process.poll() is None, "the feedback service exited"
-        try:
-            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def post(self, batch: list[FeedbackEvent]) -> dict:
-        body = {"events": [event.model_dump(mode="json") for event in batch]}
-        response = httpx.post(self.url + "/v1/feedback", json=body, timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def health(self) -> dict:
-        return httpx.get(self.url + "/healthz", timeout=5).json()
-
-    def metric(self, name: str) -> float:
-        lines = httpx.get(self.url + "/metrics", timeout=5).text.splitlines()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(20)
-
-
-def test_killing_the_service_mid_stream_loses_nothing_and_counts_nothing_twice(repo, tmp_path):
+def test_killing_the_service_mid_stream_loses_nothing_and_counts_nothing_twice(repo, tmp_path, start_feedback_service):
     log_path = tmp_path / "feedback.jsonl"
     batches = [events("kill", 20 * b, 20) for b in range(8)]
     users = sorted({e.user_id for batch in batches for e in batch})
-    with open(tmp_path / "service.log", "ab") as output:
-        service = Service(repo, log_path, output)
-        try:
-            for batch in batches[:5]:
-                service.post(batch)
-            service.stop(signal.SIGKILL)  # no shutdown: clicks may be logged and not pushed yet
-            service = Service(repo, log_path, output)
-            # The client never saw batch 4's answer and sends it again, then carries on.
-            receipts = [service.post(batch) for batch in batches[4:]]
-            assert receipts[0] == {"accepted": 0, "duplicates": 20, "last_sequence": 100}
-            assert receipts[-1]["last_sequence"] == 160
-            wait_for(lambda: service.health()["pending_clicks"] == 0)
-            assert service.metric("recflow_feedback_duplicates_total") == 20
-            # This process counted the events it logged: batches 5-7, not the resent one.
-            assert service.metric('recflow_feedback_impressions_total{variant="stable"}') == 60
-            assert service.metric('recflow_feedback_clicks_total{variant="stable"}') == sum(
-                e.clicked for batch in batches[5:] for e in batch
-            )
-        finally:
-            service.stop()
+    service = start_feedback_service(repo, log_path)
+    for batch in batches[:5]:
+        service.post(batch)
+    service.stop(signal.SIGKILL)  # no shutdown: clicks may be logged and not pushed yet
+    service = start_feedback_service(repo, log_path)
+    # The client never saw batch 4's answer and sends it again, then carries on.
+    receipts = [service.post(batch) for batch in batches[4:]]
+    assert receipts[0] == {"accepted": 0, "duplicates": 20, "last_sequence": 100}
+    assert receipts[-1]["last_sequence"] == 160
+    wait_for(lambda: service.health()["pending_clicks"] == 0)
+    assert service.metric("recflow_feedback_duplicates_total") == 20
+    # This process counted the events it logged: batches 5-7, not the resent one.
+    assert service.metric('recflow_feedback_impressions_total{variant="stable"}') == 60
+    assert service.metric('recflow_feedback_clicks_total{variant="stable"}') == sum(
+        e.clicked for batch in batches[5:] for e in batch
+    )
+    service.stop()
     sent = [e for batch in batches for e in batch]
     with FeedbackLog(log_path) as log:
         logged = [e.event_id for _, e in log.read()]
@@ -161,22 +119,19 @@ def test_killing_the_service_mid_stream_loses_nothing_and_counts_nothing_twice(r
     assert {user: history for user, (history, _) in held.items()} == expected_history(sent, users)
 
 
-def test_bad_feedback_is_a_400_naming_the_field(repo, tmp_path):
-    with open(tmp_path / "service.log", "ab") as output:
-        service = Service(repo, tmp_path / "feedback.jsonl", output)
-        try:
-            good = events("bad", 0, 1)[0].model_dump(mode="json")
-            for body, field in (
-                ({"events": [{**good, "clicked": "often"}]}, "events.0.clicked"),
-                ({"events": [{**good, "event_timestamp": "2026-11-30T12:00:00"}]}, "events.0.event_timestamp"),
-                ({"events": [{k: v for k, v in good.items() if k != "user_id"}]}, "events.0.user_id"),
-                ({"evnts": []}, "evnts"),
-            ):
-                response = httpx.post(service.url + "/v1/feedback", json=body, timeout=10)
-                assert response.status_code == 400 and field in response.json()["error"], (body, response.text)
-            response = httpx.post(service.url + "/v1/feedback", content=b"not json", timeout=10,
-                                  headers={"Content-Type": "application/json"})
-            assert response.status_code == 400
-            assert service.health()["logged_events"] == 0
-        finally:
-            service.stop()
+def test_bad_feedback_is_a_400_naming_the_field(repo, tmp_path, start_feedback_service):
+    service = start_feedback_service(repo, tmp_path / "feedback.jsonl")
+    good = events("bad", 0, 1)[0].model_dump(mode="json")
+    for body, field in (
+        ({"events": [{**good, "clicked": "often"}]}, "events.0.clicked"),
+        ({"events": [{**good, "event_timestamp": "2026-11-30T12:00:00"}]}, "events.0.event_timestamp"),
+        ({"events": [{k: v for k, v in good.items() if k != "user_id"}]}, "events.0.user_id"),
+        ({"evnts": []}, "evnts"),
+    ):
+        response = httpx.post(service.url + "/v1/feedback", json=body, timeout=10)
+        assert response.status_code == 400 and field in response.json()["error"], (body, response.text)
+    response = httpx.post(
+        service.url + "/v1/feedback", content=b"not json", timeout=10, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert service.health()["logged_events"] == 0

@@ -1,0 +1,62 @@
+"""The rollout drills' faults are real: a spoiled bundle ranks differently, the fault configs slow or fail a real server."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from recflow.features.online import UserFeatureReader
+from recflow.features.store import get_store
+from recflow.features.training_set import on_demand_transforms
+from recflow.recommender.online import load_bundle
+from recflow.rollout.faults import bad_model_bundle, serving_fault
+from serving.process import ServerProcess
+
+V1 = "/v1/models/recommender:predict"
+
+
+def test_a_bad_model_bundle_loads_and_ranks_by_noise(workspace, tmp_path):
+    bad = bad_model_bundle(workspace.bundle, tmp_path / "bad")
+    store = get_store(workspace.feature_repo)
+    good_bundle, bad_bundle = (load_bundle(b, lambda service: on_demand_transforms(store, service)) for b in (workspace.bundle, bad))
+    assert bad_bundle.card["version"] == good_bundle.card["version"] + "-bad-model"
+    users = UserFeatureReader(store, good_bundle.feature_service).read(workspace.known_users()[:20]).frame
+    at = workspace.request_time
+    good = good_bundle.stack.recommend(users, 10, {}, at)
+    spoiled = bad_bundle.stack.recommend(users, 10, {}, at)
+    overlap = np.mean([len({i for i, _ in g} & {i for i, _ in s}) / 10 for g, s in zip(good, spoiled)])
+    assert overlap < 0.7, overlap
+    scores = [score for answer in spoiled for _, score in answer]
+    assert all(0.0 <= score <= 1.0 for score in scores)
+    with pytest.raises(FileExistsError):
+        bad_model_bundle(workspace.bundle, tmp_path / "bad")
+
+
+@pytest.mark.parametrize("kind", ["latency", "errors"])
+def test_a_server_with_an_injected_fault_shows_it(workspace, tmp_path, kind):
+    fault = serving_fault(kind).model_copy(update={"error_rate": 1.0})
+    config = tmp_path / "serving.yaml"
+    config.write_text(yaml.safe_dump({"inject_fault": fault.model_dump()}))
+    arguments = ["--bundle", str(workspace.bundle), "--feature-repo", str(workspace.feature_repo), "--config", str(config)]
+    body = {"instances": [{"user_id": workspace.known_users()[0], "k": 5}]}
+    with ServerProcess(arguments, tmp_path / "server.log") as server:
+        started = time.perf_counter()
+        response = httpx.post(server.url + V1, json=body, timeout=30)
+        elapsed = time.perf_counter() - started
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    if kind == "latency":
+        assert response.status_code == 200
+        assert elapsed >= fault.latency_ms / 1000
+    else:
+        assert response.status_code == 500
+        assert 'recflow_requests_total{endpoint="v1",status="500"} 1.0' in metrics
+
+
+def test_an_unknown_fault_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="latency, errors, bad-model"):
+        serving_fault("slow")
