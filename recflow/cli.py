@@ -13,7 +13,8 @@
     recflow bench materialize
     recflow bench serve                  # server latency and throughput against a no-op KServe floor
     recflow up | status | down           # the local platform: HAProxy, Prometheus, the model servers
-    recflow rollout --candidate DIR      # canary rollout on it: steps, analysis, promote or roll back
+    recflow rollout --candidate DIR      # canary rollout on it: steps, analysis, promote or roll back (--inject-fault)
+    recflow simulate --rps R --duration S # the world's users through the proxy; clicks go to the feedback service
 """
 
 from __future__ import annotations
@@ -291,6 +292,22 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from recflow.feedback.simulator import SimulationConfig, describe
+    from recflow.platform.commands import simulate
+
+    config = SimulationConfig(
+        rps=args.rps, duration_seconds=args.duration, k=args.k, day=args.day, drift_strength=args.drift_strength,
+        seed=args.seed,
+    )
+    report = simulate(args.workspace, config, args.ground_truth)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(describe(report))
+    return 0 if not report.errors and not report.events_unsent else 1
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     import yaml
 
@@ -304,7 +321,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         settings["interval_seconds"] = args.interval
     if args.steps is not None:
         settings.setdefault("analysis", {})["steps"] = [int(step) for step in args.steps.split(",")]
-    result, report = rollout(args.workspace, args.candidate, RolloutConfig.model_validate(settings), args.report)
+    config = RolloutConfig.model_validate(settings)
+    result, report = rollout(args.workspace, args.candidate, config, args.report, args.inject_fault)
     print(f"{result.outcome}: {result.reason}\nreport: {report}\ndecisions: {result.log_path}")
     return 0 if result.outcome == "promoted" else 1
 
@@ -486,7 +504,24 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--interval", type=float, help="seconds at a step between analyses (default: the config's)")
     rollout.add_argument("--config", help="RolloutConfig (YAML, see recflow/rollout/controller.py)")
     rollout.add_argument("--report", help="HTML report path (default: <workspace>/platform/rollouts/<time>/)")
+    rollout.add_argument(
+        "--inject-fault", choices=["latency", "errors", "bad-model"],
+        help="a drill: make the candidate slow, failing or a spoiled model, and watch it rolled back",
+    )
     rollout.set_defaults(handler=cmd_rollout)
+    simulate = commands.add_parser(
+        "simulate", help="the world's users against the local platform: requests, clicks, feedback (exit 1 on failures)"
+    )
+    simulate.add_argument("--rps", type=float, required=True, help="requests per second")
+    simulate.add_argument("--duration", type=float, required=True, help="seconds")
+    simulate.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    simulate.add_argument("--k", type=int, default=10, help="items per request")
+    simulate.add_argument("--day", type=int, help="world day whose tastes apply (default: the day after the log)")
+    simulate.add_argument("--drift-strength", type=float, help="tastes moved this far (0..1) to the trending mix")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--ground-truth", help="a saved world oracle (default: drawn from the model card's world)")
+    simulate.add_argument("--json", action="store_true", help="print the report as JSON")
+    simulate.set_defaults(handler=cmd_simulate)
     return parser
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from kserve import Model
 from kserve.errors import InvalidInput
@@ -42,6 +44,8 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by :class:`~serving.config.FaultConfig` ``errors``: KServe answers it with HTTP 500."""
 
 MODEL_NAME = "recommender"
+# A user id no one has: the warm-up reads it (default features) and runs the stack on it.
+WARM_UP_USER = "__recflow_warm_up__"
 
 
 class RecommenderModel(Model):
@@ -67,6 +71,7 @@ class RecommenderModel(Model):
             raise ValueError(f"max_k {self.config.max_k} exceeds the {candidates} candidates the bundle's stack retrieves")
         self.reader = UserFeatureReader(store, self.bundle.feature_service)
         self.recommender = OnlineRecommender(self.bundle)
+        self._warm_up()
         self._batcher = MicroBatcher(self._read_features, self._answer, self.config)
         metrics.MODEL_INFO.info(
             {"version": self.bundle.version, "feature_service": self.bundle.feature_service, "model": self.name}
@@ -88,6 +93,22 @@ class RecommenderModel(Model):
             return v1_response(answers, self.bundle.version)
         finally:  # failed requests too: the latency alert must see them
             metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - started)
+
+    def _warm_up(self, calls: int = 3) -> None:
+        """Run the whole path a few times before reporting ready, metrics untouched.
+
+        A fresh server's first calls pay for lazy set-up in torch, faiss and
+        Feast (tens of milliseconds each); without this they would land on its
+        first users, and a canary's first p99 would be its start-up, not its model.
+        """
+        try:
+            features = self.reader.read([WARM_UP_USER])
+        except Exception as error:  # the store's own types; a server starts without it and answers fallbacks
+            log.warning("no warm-up: the online store did not answer: %s: %s", type(error).__name__, error)
+            return
+        as_known = dataclasses.replace(features, known=np.ones(1, dtype=bool))  # the stack, not the cold start
+        for _ in range(calls):
+            self.recommender.answer([Query(WARM_UP_USER, self.config.default_k)], as_known, pd.Timestamp.now(tz="UTC"))
 
     async def _injected_fault(self) -> None:
         fault = self.config.inject_fault

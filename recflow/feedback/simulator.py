@@ -27,6 +27,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -84,6 +85,27 @@ class SimulationReport:
         return result
 
 
+def describe(report: SimulationReport) -> str:
+    """What ``recflow simulate`` prints."""
+    lines = [
+        f"requests {report.requests}: {report.ok} answered, failed {sum(report.errors.values())} {report.errors or ''}",
+        f"latency p50 {report.latency_p50_ms:.1f} ms, p99 {report.latency_p99_ms:.1f} ms; "
+        f"{report.late_starts} requests started late (concurrency limit)",
+        f"fallbacks {report.fallbacks or 'none'}",
+    ]
+    for variant, figures in report.to_dict()["by_variant"].items():
+        ctr = f"{figures['ctr']:.3f}" if figures["ctr"] is not None else "-"
+        lines.append(
+            f"variant {variant or '(direct)'}: {figures.get('requests', 0)} requests, "
+            f"{figures.get('impressions', 0)} impressions, {figures.get('clicks', 0)} clicks, CTR {ctr}"
+        )
+    lines.append(
+        f"feedback: {report.events_sent} events logged, {report.events_duplicate} duplicates, "
+        f"{report.events_unsent} not delivered"
+    )
+    return "\n".join(lines)
+
+
 def ground_truth_for(card: dict, ground_truth_dir: str | Path | None = None) -> GroundTruth:
     """The oracle of the world a model was trained on: a saved one, or drawn again from the card's scale and seed."""
     if ground_truth_dir is not None:
@@ -119,10 +141,11 @@ class Simulator:
         self._events: list[dict] = []
         self._variants: dict[str, Counter] = defaultdict(Counter)
 
-    def run(self, stop: asyncio.Event | None = None) -> SimulationReport:
-        return asyncio.run(self.run_async(stop))
+    def run(self, stop: threading.Event | None = None) -> SimulationReport:
+        """Play until the configured duration has passed or ``stop`` is set (from any thread)."""
+        return asyncio.run(self._run(stop))
 
-    async def run_async(self, stop: asyncio.Event | None = None) -> SimulationReport:
+    async def _run(self, stop: threading.Event | None) -> SimulationReport:
         config = self.config
         timeout = aiohttp.ClientTimeout(total=config.request_timeout_seconds)
         connector = aiohttp.TCPConnector(limit=config.concurrency + 4)

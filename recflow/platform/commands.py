@@ -165,3 +165,24 @@ def _group(pid: int) -> int | None:
 
 def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def simulate(workspace: str | Path, config, ground_truth: str | Path | None = None):
+    """``recflow simulate``: the world's users against the running platform's proxy, feedback to its ingestion.
+
+    The oracle is that of the world the stable model was trained on (its
+    model card), unless ``ground_truth`` names a saved one.
+    """
+    import json
+
+    from recflow.feedback.simulator import Simulator, ground_truth_for
+
+    workspace = Path(workspace).resolve()
+    state = PlatformState.read(workspace)
+    if state is None or state.status != "running" or not alive(state.supervisor_pid):
+        raise RuntimeError(f"no platform running in {workspace}: `recflow up` starts one")
+    feedback, stable = state.process("feedback"), state.process("stable")
+    if feedback is None:
+        raise RuntimeError("the platform runs no feedback service (a service named 'feedback' in its config)")
+    card = json.loads((stable.bundle / "model_card.json").read_text())
+    return Simulator(config, ground_truth_for(card, ground_truth), state.proxy_url, feedback.url).run()

@@ -41,6 +41,16 @@ class ServiceSpec(BaseModel):
         return name
 
 
+# The feedback ingestion (recflow.feedback): the simulator's clicks reach the
+# offline log and the online store through it, and its counters give the
+# canary analysis its click-through per variant.
+FEEDBACK_SERVICE = ServiceSpec(
+    name="feedback",
+    command=["{python}", "-m", "recflow.feedback", "--workspace", "{workspace}", "--port", "{port}"],
+    health_path="/healthz",
+)
+
+
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,7 +63,9 @@ class PlatformConfig(BaseModel):
     stop_grace_seconds: float = Field(15.0, gt=0, description="SIGTERM, then SIGKILL after this long")
     max_restarts: int = Field(5, ge=0, description="Restarts of one crashed process before it is left down")
     restart_backoff_seconds: float = Field(1.0, gt=0, description="Wait before the first restart; doubled each time")
-    services: list[ServiceSpec] = Field(default_factory=list, description="More recflow processes to run")
+    services: list[ServiceSpec] = Field(
+        default_factory=lambda: [FEEDBACK_SERVICE], description="More recflow processes to run (default: feedback)"
+    )
 
     @field_validator("services")
     @classmethod

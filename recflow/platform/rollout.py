@@ -25,12 +25,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from recflow.platform.commands import CONFIG_FILE
 from recflow.platform.config import PlatformConfig
 from recflow.platform.state import PlatformState, alive, platform_directory
-from recflow.rollout.analysis import VariantMetrics
 from recflow.rollout.controller import RolloutConfig, RolloutResult, render_report, run_rollout
+from recflow.rollout.faults import bad_model_bundle, serving_fault
 from recflow.rollout.prometheus import Prometheus, variant_metrics
+from serving.config import ServingConfig
 
 log = logging.getLogger("recflow.rollout")
 
@@ -45,27 +48,28 @@ class LocalBackend:
             raise RuntimeError(f"no platform running in {self.workspace}: `recflow up` starts one")
         self.state = state
         self.config = PlatformConfig.model_validate_json((platform_directory(self.workspace) / CONFIG_FILE).read_text())
-        self.percent = 0
 
-    def start_canary(self, bundle: str | Path) -> None:
-        """Start ``bundle``'s server in the canary slot at 0 %; refused while another rollout runs."""
+    def start_canary(self, bundle: str | Path, serving_config: Path | None = None) -> None:
+        """Start ``bundle``'s server in the canary slot at 0 %; refused while another rollout runs.
+
+        ``serving_config``: the canary's own serving settings (default: the platform's).
+        """
         log.info("starting the canary on %s", bundle)
-        self._request("POST", "/canary", {"bundle": str(Path(bundle).resolve()), "owner_pid": os.getpid()},
+        body = {"bundle": str(Path(bundle).resolve()), "owner_pid": os.getpid(),
+                "serving_config": str(serving_config.resolve()) if serving_config else None}  # fmt: skip
+        self._request("POST", "/canary", body,
                       timeout=self.config.start_timeout_seconds + 30)  # fmt: skip
 
     def set_canary_percent(self, percent: int) -> None:
         self._request("PUT", "/canary/percent", {"percent": percent})
-        self.percent = percent
         log.info("canary at %d%%", percent)
 
     def promote(self) -> None:
         self._request("POST", "/canary/promote", timeout=self.config.stop_grace_seconds + 60)
-        self.percent = 0
         log.info("canary promoted to stable")
 
     def roll_back(self) -> None:
         self._request("DELETE", "/canary", timeout=self.config.stop_grace_seconds + 30)
-        self.percent = 0
         log.info("canary rolled back and stopped")
 
     def _request(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0) -> None:
@@ -83,34 +87,19 @@ class LocalBackend:
             raise RuntimeError(f"the platform's supervisor at {address} is unreachable: {error}") from error
 
 
-class VariantMeter:
-    """``measure(variant)`` for the controller: a variant's figures over the last interval, from Prometheus.
-
-    At 100 % the stable server serves nobody, so its own figures over that
-    interval are empty and the analysis could only hold; the canary is then
-    judged against the stable's figures from its last interval with traffic.
-    """
-
-    def __init__(self, prometheus: Prometheus, backend: LocalBackend, window: str) -> None:
-        self.prometheus, self.backend, self.window = prometheus, backend, window
-        self.last_stable: VariantMetrics | None = None
-
-    def __call__(self, variant: str) -> VariantMetrics:
-        if variant == "stable" and self.backend.percent == 100 and self.last_stable is not None:
-            return self.last_stable
-        figures = variant_metrics(self.prometheus, variant, self.window)
-        if variant == "stable":
-            self.last_stable = figures
-        return figures
-
-
 def rollout(
     workspace: str | Path,
     candidate: str | Path,
     config: RolloutConfig,
     report: str | Path | None = None,
+    inject_fault: str | None = None,
 ) -> tuple[RolloutResult, Path]:
-    """Run one rollout of ``candidate`` to promotion or rollback; the result and the HTML report's path."""
+    """Run one rollout of ``candidate`` to promotion or rollback; the result and the HTML report's path.
+
+    ``inject_fault`` (``latency``, ``errors``, ``bad-model``; see
+    :mod:`recflow.rollout.faults`) makes the candidate faulty on purpose: a
+    drill that the analysis catches it.
+    """
     backend = LocalBackend(workspace)
     scrape = backend.config.scrape_interval_seconds
     if config.interval_seconds < 3 * scrape:
@@ -120,10 +109,13 @@ def rollout(
     log_path = directory / "rollout.jsonl"
     report = Path(report) if report is not None else directory / "rollout.html"
     window = f"{round(config.interval_seconds * 1000)}ms"  # PromQL durations take whole units
-    meter = VariantMeter(Prometheus(backend.state.prometheus_url), backend, window)
-    backend.start_canary(candidate)
+    prometheus = Prometheus(backend.state.prometheus_url)
+    serving_config = None
+    if inject_fault is not None:
+        candidate, serving_config = _faulty(candidate, inject_fault, backend.config.serving_config, directory)
+    backend.start_canary(candidate, serving_config)
     try:
-        result = run_rollout(backend, meter, config, log_path)
+        result = run_rollout(backend, lambda variant: variant_metrics(prometheus, variant, window), config, log_path)
     except BaseException:  # interrupted or failed: the canary must not keep its users
         backend.roll_back()
         raise
@@ -133,3 +125,16 @@ def rollout(
         backend.roll_back()
     report.parent.mkdir(parents=True, exist_ok=True)
     return result, render_report(log_path, report)
+
+
+def _faulty(candidate: str | Path, fault: str, platform_serving: Path | None, directory: Path) -> tuple[Path, Path | None]:
+    """The candidate bundle and canary serving config of a drill: the platform's settings plus the fault."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server_fault = serving_fault(fault)
+    if server_fault is None:
+        return bad_model_bundle(candidate, directory / "bad-model-bundle"), None
+    settings = ServingConfig.from_file(platform_serving) if platform_serving is not None else ServingConfig()
+    path = directory / "canary-serving.yaml"
+    faulty = settings.model_copy(update={"inject_fault": server_fault})
+    path.write_text(yaml.safe_dump(faulty.model_dump(mode="json", exclude_none=True)))
+    return Path(candidate), path

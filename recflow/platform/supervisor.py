@@ -102,11 +102,12 @@ class Supervisor:
             )
         self.control = ThreadingHTTPServer((HOST, 0), _control_handler(self))
 
-    def _model_server(self, name: str, bundle: Path, port: int) -> Child:
+    def _model_server(self, name: str, bundle: Path, port: int, serving_config: Path | None = None) -> Child:
         command = [sys.executable, "-m", "serving", "--bundle", str(bundle),
                    "--feature-repo", str(self.workspace / "feature_repo"), "--port", str(port)]  # fmt: skip
-        if self.config.serving_config is not None:
-            command += ["--config", str(self.config.serving_config.resolve())]
+        serving_config = serving_config or self.config.serving_config
+        if serving_config is not None:
+            command += ["--config", str(serving_config.resolve())]
         log_path = self.logs / f"model-{port}.log"
         return Child(name, "model", port, "/v2/health/ready", log_path, command_launcher(command, log_path),
                      restart=True, bundle=bundle)  # fmt: skip
@@ -205,8 +206,12 @@ class Supervisor:
 
     # --- control operations (one at a time, from the control port) ---------------------------------
 
-    def start_canary(self, bundle: str, owner_pid: int) -> None:
-        """Start a server on ``bundle`` in the canary slot at 0 %, scraped as job ``canary``."""
+    def start_canary(self, bundle: str, owner_pid: int, serving_config: str | None = None) -> None:
+        """Start a server on ``bundle`` in the canary slot at 0 %, scraped as job ``canary``.
+
+        ``serving_config``: the canary server's settings, if not the platform's
+        (a rollout drill's injected fault).
+        """
         with self.control_lock:
             if self.canary is not None:
                 raise PlatformError(
@@ -215,7 +220,10 @@ class Supervisor:
             path = Path(bundle).resolve()
             if not (path / "model_card.json").is_file():
                 raise PlatformError(f"{path} is not a model bundle (no model_card.json)", status=400)
-            child = self._model_server("canary", path, free_port())
+            settings = Path(serving_config) if serving_config else None
+            if settings is not None and not settings.is_file():
+                raise PlatformError(f"no serving config at {settings}", status=400)
+            child = self._model_server("canary", path, free_port(), settings)
             with self.lock:
                 self.children["canary"] = child
                 self.canary = Canary(bundle=path, owner_pid=owner_pid)

@@ -18,7 +18,9 @@ own figures over the same interval (both see the same traffic mix):
    - p99 latency above ``max_p99_ratio`` times the stable's;
    - score distribution: Jensen–Shannon divergence of the served-score
      histograms above ``max_score_shift`` (a model that scores everything
-     alike, or inverted, shows here before any click does);
+     alike, or inverted, shows here before any click does), and significantly
+     so (G-test of homogeneity, each answer counted once: the scores of one
+     answer are not independent draws);
    - click-through rate: lower than ``min_ctr_ratio`` times the stable's,
      and significantly so;
 3. otherwise -> ``advance`` to the next traffic step, or ``promote`` after
@@ -120,7 +122,7 @@ def analyse(stable: VariantMetrics, canary: VariantMetrics, step: int, config: A
         _latency_check(canary.p99_seconds, stable.p99_seconds, config.max_p99_ratio),
     ]
     if stable.score_counts and canary.score_counts:
-        checks.append(_score_check(stable.score_counts, canary.score_counts, config.max_score_shift))
+        checks.append(_score_check(stable, canary, config.max_score_shift, config.significance))
     enough_feedback = min(stable.impressions, canary.impressions) >= config.min_impressions
     if enough_feedback:
         checks.append(_ctr_check(stable, canary, config))
@@ -149,14 +151,53 @@ def _latency_check(canary_p99: float, stable_p99: float, max_ratio: float) -> Ch
     return Check("p99 latency", ratio <= max_ratio, detail)
 
 
-def _score_check(stable_counts, canary_counts, max_shift: float) -> Check:
-    if len(stable_counts) != len(canary_counts):
+def _score_check(stable: VariantMetrics, canary: VariantMetrics, max_shift: float, significance: float) -> Check:
+    if len(stable.score_counts) != len(canary.score_counts):
         raise ValueError("the two score histograms have different buckets")
-    stable_counts, canary_counts = np.asarray(stable_counts, float), np.asarray(canary_counts, float)
+    stable_counts, canary_counts = np.asarray(stable.score_counts, float), np.asarray(canary.score_counts, float)
     if stable_counts.sum() <= 0 or canary_counts.sum() <= 0:
         return Check("score distribution", True, "no scores served on one side")
     shift = jensen_shannon(stable_counts, canary_counts)
-    return Check("score distribution", shift <= max_shift, f"JS divergence {shift:.4f} (allowed {max_shift})")
+    # Each answer once: an answer's k scores move together, so k times the answers would overstate the evidence.
+    p = homogeneity_p_value(
+        stable_counts * min(1.0, stable.users / stable_counts.sum()),
+        canary_counts * min(1.0, canary.users / canary_counts.sum()),
+    )
+    worse = shift > max_shift and p < significance
+    return Check("score distribution", not worse, f"JS divergence {shift:.4f} (allowed {max_shift}, p={p:.3g})")
+
+
+def homogeneity_p_value(a, b) -> float:
+    """P-value of "histograms ``a`` and ``b`` sample one distribution": the G-test on their 2 x bins table."""
+    table = np.vstack([np.asarray(a, float), np.asarray(b, float)])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or table.sum(axis=1).min() <= 0:
+        return 1.0
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    observed = table > 0
+    g = 2.0 * float(np.sum(table[observed] * np.log(table[observed] / expected[observed])))
+    return chi2_survival(g, table.shape[1] - 1)
+
+
+def chi2_survival(x: float, df: int) -> float:
+    """P(X > x) for X ~ chi-square with ``df`` degrees of freedom (closed forms for whole ``df``)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if x <= 0:
+        return 1.0
+    half = x / 2.0
+    if df % 2 == 0:
+        term, total = 1.0, 1.0
+        for i in range(1, df // 2):
+            term *= half / i
+            total += term
+        return min(1.0, math.exp(-half) * total)
+    total = math.erfc(math.sqrt(half))
+    term = math.sqrt(half) / math.gamma(1.5)
+    for i in range(1, (df - 1) // 2 + 1):
+        total += math.exp(-half) * term
+        term *= half / (i + 0.5)
+    return min(1.0, total)
 
 
 def _ctr_check(stable: VariantMetrics, canary: VariantMetrics, config: AnalysisConfig) -> Check:

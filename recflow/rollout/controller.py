@@ -12,6 +12,9 @@ over the last interval (:func:`recflow.rollout.prometheus.variant_metrics`);
   canary that cannot gather evidence is not promoted on faith);
 - ``rollback``: the canary's weight goes back to 0 at once.
 
+At the last step (100 %) the stable server has no users, so the canary's
+interval there is compared with the stable's last interval that had traffic.
+
 Every decision goes to a JSON-lines log with its evidence (both variants'
 figures and every check), and :func:`render_report` draws the HTML report:
 traffic weight, p99 latency and click-through per variant over time.
@@ -68,10 +71,16 @@ def run_rollout(
     steps = config.analysis.steps
     with log_path.open("a") as log:
         step_index, holds = 0, 0
+        last_stable: VariantMetrics | None = None
         backend.set_canary_percent(steps[0])
         while True:
             sleep(config.interval_seconds)
-            stable, canary = measure("stable"), measure("canary")
+            # At 100 % the stable server serves nobody: the canary is judged
+            # against the stable's last interval with traffic instead.
+            stable_now = steps[step_index] < 100 or last_stable is None
+            stable = measure("stable") if stable_now else last_stable
+            last_stable = stable
+            canary = measure("canary")
             decision = analyse(stable, canary, steps[step_index], config.analysis)
             action, reason = decision.action, decision.reason
             if action == "hold":
@@ -85,6 +94,7 @@ def run_rollout(
                 "reason": reason,
                 "checks": decision.to_dict()["checks"],
                 "stable": dataclasses.asdict(stable),
+                "stable_interval": "this" if stable_now else "previous",
                 "canary": dataclasses.asdict(canary),
             }
             log.write(json.dumps(record) + "\n")

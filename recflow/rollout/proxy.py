@@ -12,6 +12,11 @@ balanced like any other. Every answer names the slot that served it in
 ``X-Recflow-Variant``: the feedback a client sends about those items carries
 it, and the canary analysis compares click-through per variant.
 
+A request that fails on one server (connection refused, empty answer,
+timeout, 5xx) is retried once on the other: a canary that fails requests is
+rolled back on the evidence of its own counters, without users seeing its
+failures.
+
 A slot can be pointed at another server live (``set server ... addr``): the
 local platform promotes a canary by pointing the ``stable`` slot at it, and
 parks the ``canary`` slot in maintenance while no canary runs.
@@ -44,9 +49,12 @@ defaults
     timeout connect 2s
     timeout client 60s
     timeout server 60s
-    # A request that finds its server gone is sent to the other one.
+    # A request that finds its server gone, or gets a 5xx from it, is sent
+    # again to the other one: recommendations are reads, safe to repeat. The
+    # failing server still counts its own 5xx, which the canary analysis reads.
     retries 2
-    option redispatch
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout 500 502 503 504
 
 frontend {backend}
     bind 127.0.0.1:{port}

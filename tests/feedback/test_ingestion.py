@@ -12,7 +12,6 @@ import signal
 import time
 
 import httpx
-import pandas as pd
 import pytest
 
 from recflow.features import store

@@ -7,7 +7,14 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
-from recflow.rollout.analysis import AnalysisConfig, VariantMetrics, analyse, one_sided_p_value
+from recflow.rollout.analysis import (
+    AnalysisConfig,
+    VariantMetrics,
+    analyse,
+    chi2_survival,
+    homogeneity_p_value,
+    one_sided_p_value,
+)
 
 CONFIG = AnalysisConfig()
 SCORES = (5, 20, 40, 60, 40, 20, 5)
@@ -93,3 +100,23 @@ def test_configuration_is_checked():
         AnalysisConfig(max_p99=2)
     with pytest.raises(ValueError, match="step 30"):
         analyse(HEALTHY, canary(), 30, CONFIG)
+
+
+def test_the_chi_square_tail_matches_the_tables():
+    # Critical values at 5% and 1% (any statistics table), and two exact values.
+    for x, df, p in [(3.841, 1, 0.05), (5.991, 2, 0.05), (30.144, 19, 0.05), (36.191, 19, 0.01), (2.0, 4, 0.7358)]:
+        assert chi2_survival(x, df) == pytest.approx(p, abs=5e-4)
+    assert chi2_survival(0.0, 3) == 1.0
+
+
+def test_a_score_shift_needs_evidence_not_just_a_large_divergence():
+    # JS divergence 0.17 between the shapes, but from 5 canary answers (of 10 scores each): chance can do that.
+    shape_stable, shape_canary = (0, 10, 60, 80, 100, 50, 0), (0, 30, 40, 20, 10, 0, 0)
+    few_stable, few_canary = canary(users=15, score_counts=shape_stable), canary(users=5, score_counts=shape_canary)
+    check = next(c for c in analyse(few_stable, few_canary, 5, CONFIG).checks if c.name == "score distribution")
+    assert check.passed and "JS divergence 0.17" in check.detail, check.detail
+    # The same shapes over 150 and 50 answers: the shift is real.
+    many_stable, many_canary = dataclasses.replace(few_stable, users=150), dataclasses.replace(few_canary, users=50)
+    check = next(c for c in analyse(many_stable, many_canary, 5, CONFIG).checks if c.name == "score distribution")
+    assert not check.passed, check.detail
+    assert homogeneity_p_value([10, 20, 30], [10, 20, 30]) == pytest.approx(1.0)

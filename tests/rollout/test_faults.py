@@ -6,7 +6,6 @@ import time
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 

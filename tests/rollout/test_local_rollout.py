@@ -151,10 +151,12 @@ def test_a_healthy_canary_walks_every_step_and_is_promoted(proxy, tmp_path):
     measure, seen = scripted(running, lambda interval: HEALTHY)
     result = run_rollout(running, measure, CONFIG, tmp_path / "rollout.jsonl", sleep=no_wait)
     assert result.outcome == "promoted"
-    assert seen == [5, 25, 50, 100]
+    # At 100 % the stable serves nobody: it is not measured, its last interval with traffic stands in.
+    assert seen == [5, 25, 50]
     assert running.weights() == {"stable": 0, "canary": 100}
     log = read_log(result.log_path)
     assert [r["action"] for r in log] == ["advance", "advance", "advance", "promote"]
+    assert [r["stable_interval"] for r in log] == ["this", "this", "this", "previous"]
     assert log[0]["canary"]["requests"] == 2000 and {c["name"] for c in log[0]["checks"]} >= {"error rate"}
     page = render_report(result.log_path, tmp_path / "rollout.html").read_text()
     assert page.count("data:image/png;base64,") == 1 and "promote" in page
