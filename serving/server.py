@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from recflow.http import validation_problems
 from serving import metrics
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,7 @@ def _endpoint(path: str) -> str:
 
 
 async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    problems = []
-    for problem in error.errors():
-        location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
-        problems.append(f"{location or 'body'}: {problem.get('msg', 'invalid')}")
-    return JSONResponse(status_code=400, content={"error": "invalid request: " + "; ".join(problems)})
+    return JSONResponse(status_code=400, content={"error": "invalid request: " + validation_problems(error.errors())})
 
 
 _configured = False

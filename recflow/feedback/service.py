@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.feedback.ingest import FeedbackIngestor
+from recflow.http import validation_problems
 from recflow.feedback.log import FeedbackEvent, FeedbackLog
 
 DEFAULT_WORKSPACE = ".recflow"
@@ -55,11 +56,7 @@ def create_app(ingestor: FeedbackIngestor) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
-        for problem in error.errors():
-            location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
-            problems.append(f"{location or 'body'}: {problem.get('msg', 'invalid')}")
-        return JSONResponse(status_code=400, content={"error": "invalid feedback: " + "; ".join(problems)})
+        return JSONResponse(status_code=400, content={"error": "invalid feedback: " + validation_problems(error.errors())})
 
     @app.post("/v1/feedback")
     async def feedback(batch: FeedbackBatch) -> dict:
