@@ -38,3 +38,16 @@ bench-materialize: setup
 
 clean:
 	rm -rf $(WORKSPACE)
+
+# The shell logic lives in scripts/kind/ (bash -n is checked by the tests).
+images:
+	TORCH_VARIANT=$(TORCH_VARIANT) scripts/kind/images.sh
+
+kind-up:
+	scripts/kind/up.sh
+
+kind-down:
+	scripts/kind/down.sh
+
+kind-smoke: setup
+	scripts/kind/smoke.sh

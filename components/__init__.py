@@ -8,5 +8,8 @@ this Python environment.
 
 import os
 
-# The image the Dockerfile builds; set RECFLOW_PIPELINE_IMAGE before compiling to use another.
-PIPELINE_IMAGE = os.environ.get("RECFLOW_PIPELINE_IMAGE", "recflow/pipeline:0.1.0")
+from recflow.images import image
+
+# The image docker/pipeline.Dockerfile builds, named in recflow/images.yaml;
+# set RECFLOW_PIPELINE_IMAGE before compiling to use another (a registry's copy).
+PIPELINE_IMAGE = os.environ.get("RECFLOW_PIPELINE_IMAGE") or image("pipeline")

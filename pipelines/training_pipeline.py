@@ -6,8 +6,11 @@ ranker -> evaluate the stack + gate -> if blessed, export the bundle.
 
 Run locally with ``recflow pipeline run`` (``kfp.local``); ``recflow pipeline
 compile`` writes ``pipelines/training_pipeline.yaml``, the file to upload in
-the Kubeflow UI. Every parameter below is a field in the UI's run form; their
-defaults and meaning live in :mod:`recflow.pipeline.parameters`.
+the Kubeflow UI (pipelines/README.md). Every parameter below is a field in the
+UI's run form; their defaults and meaning live in
+:mod:`recflow.pipeline.parameters`. Every task carries its cluster settings
+(:mod:`recflow.kubernetes.pipeline`: workspace volume, secrets, resources),
+which ``kfp.local`` ignores.
 """
 
 from kfp import dsl
@@ -24,6 +27,7 @@ from components.train_model.component import train_model
 from components.train_ranker.component import train_ranker
 from components.validate_data.component import validate_data
 
+from recflow.kubernetes.pipeline import for_cluster, with_trainjob
 from recflow.pipeline.parameters import DEFAULTS
 
 
@@ -116,10 +120,15 @@ def training_pipeline(
         gate=gate,
     )
     with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition, not a Python bool)
-        export_bundle(
+        export = export_bundle(
             model=train.outputs["model"],
             ranker=ranker.outputs["ranker"],
             evaluation=evaluate.outputs["evaluation"],
             dataset=validate.outputs["dataset"],
             workspace=workspace,
         )
+    for task in (ingest, validate, split, features, online, training_set, ranking_set, evaluate, export):
+        for_cluster(task)
+    for task in (train, ranker):
+        for_cluster(task, "training")
+    with_trainjob(train)

@@ -5,6 +5,7 @@
     recflow data validate data/demo
     recflow pipeline run                 # the whole training pipeline, kfp.local
     recflow pipeline compile [--check]   # pipelines/training_pipeline.yaml
+    recflow pipeline submit --host URL   # upload it to Kubeflow Pipelines and start a run
     recflow step <name> ...              # one pipeline step by hand (what each component runs)
     recflow train TRAINING_SET OUT       # the training entrypoint, through torchrun
     recflow serve [--bundle DIR] [--port P]   # the KServe recommender server (V1 and V2)
@@ -135,6 +136,17 @@ def cmd_pipeline_compile(args: argparse.Namespace) -> int:
             print(f"{target} is stale: run `recflow pipeline compile` and commit the result", file=sys.stderr)
             return 1
     print(f"{target} is up to date")
+    return 0
+
+
+def cmd_pipeline_submit(args: argparse.Namespace) -> int:
+    from recflow.kubernetes.submit import submit
+
+    parameters = _parameters(args.protocol, args.param)
+    submitted = submit(args.host, parameters, experiment=args.experiment, workspace=args.workspace,
+                       run_name=args.run_name, namespace=args.namespace)  # fmt: skip
+    print(f"run {submitted.run_id} started (pipeline {submitted.pipeline_id}, version {submitted.version_id})\n"
+          f"{submitted.url}")  # fmt: skip
     return 0
 
 
@@ -372,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--output", help="default: pipelines/training_pipeline.yaml")
     compile_.add_argument("--check", action="store_true", help="fail if the checked-in YAML is stale")
     compile_.set_defaults(handler=cmd_pipeline_compile)
+    submit = pipeline.add_parser("submit", help="upload the pipeline to Kubeflow Pipelines and start a run (kfp.Client)")
+    submit.add_argument("--host", required=True, help="the KFP API/UI address, e.g. http://localhost:8081")
+    submit.add_argument("--experiment", default="recflow", help="experiment to run in (created if missing; default: recflow)")
+    submit.add_argument("--protocol", default="time", choices=["time", "stratified"],
+                        help="evaluation split; stratified also applies that protocol's model settings")  # fmt: skip
+    submit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other pipeline parameter, e.g. --param epochs=3 (see recflow/pipeline/parameters.py)")  # fmt: skip
+    submit.add_argument("--workspace",
+                        help="the workspace path in the pods (default: where they mount the workspace volume, /recflow/workspace)")  # fmt: skip
+    submit.add_argument("--run-name", help="default: recflow-training-<UTC time>")
+    submit.add_argument("--namespace", help="the user namespace of a multi-user Kubeflow (default: none)")
+    submit.set_defaults(handler=cmd_pipeline_submit)
 
     step_parser = commands.add_parser("step", help="run one pipeline step by hand (what each component runs)")
     step_parser.set_defaults(handler=cmd_step)

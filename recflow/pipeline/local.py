@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,10 @@ def run_pipeline(workspace: str | Path, **parameters: Any) -> RunOutputs:
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    training_pipeline(workspace=str(workspace), **parameters)
+    with warnings.catch_warnings():
+        # The tasks' cluster resources (recflow.kubernetes.pipeline) mean nothing to a local run, as intended.
+        warnings.filterwarnings("ignore", message=r"Task '.*': settings .* have no effect in the current local runner")
+        training_pipeline(workspace=str(workspace), **parameters)
     run_dir = max(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     return collect_outputs(run_dir)
 

@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,18 +234,32 @@ MODEL_INFO = "model_info.json"
 EVALUATION_FILE = "evaluation.json"
 
 
-def train(training_set_dir: str | Path, model_dir: str | Path, config, nproc_per_node: int) -> dict[str, Any]:
-    """Launch the one training entrypoint through ``torchrun`` on this machine."""
+def train(
+    training_set_dir: str | Path,
+    model_dir: str | Path,
+    config,
+    nproc_per_node: int,
+    launcher: Callable[..., dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Launch the one training entrypoint through ``torchrun``.
+
+    What is trained and how is decided here; ``launcher`` only runs it:
+    :func:`recflow.training.launch.run_torchrun` on this machine, or a
+    Kubeflow TrainJob when ``$RECFLOW_TRAINJOB`` configures one (the
+    cluster's pipeline pods have it; :mod:`recflow.kubernetes.trainjob`).
+    """
+    from recflow.kubernetes.trainjob import from_environment
     from recflow.training.features import FeatureSpec
     from recflow.training.launch import run_torchrun
 
+    launch = launcher or from_environment() or run_torchrun
     source = Path(training_set_dir)
     data = source / TRAINING_SET_FILE
     spec = FeatureSpec.infer_from_parquet(data)
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
-    metrics = run_torchrun(data, spec, out, config, nproc_per_node=nproc_per_node, checkpoint_dir=checkpoints, max_restarts=1)
+    metrics = launch(data, spec, out, config, nproc_per_node=nproc_per_node, checkpoint_dir=checkpoints, max_restarts=1)
     shutil.rmtree(checkpoints, ignore_errors=True)
     info = json.loads((source / TRAINING_SET_INFO).read_text())
     _write_json(out / MODEL_INFO, {"feature_service": info["feature_service"], "training_set": info})

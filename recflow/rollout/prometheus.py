@@ -1,9 +1,12 @@
 """What the canary analysis measures, read from Prometheus over its HTTP API.
 
-Each variant is one scrape ``job`` (the local platform's Prometheus names its
-jobs after the servers; on a cluster the ServiceMonitor relabels the
-predictor's pods the same way). One interval's :class:`VariantMetrics` are
-the increases over the last ``window`` of:
+A :class:`VariantSelector` picks one variant's series with PromQL label
+matchers: on the local platform the scrape ``job`` named after the server
+(and the feedback counters' ``variant`` label of the same name); on a cluster
+the Knative revision or the Deployment's pods of the variant
+(:mod:`recflow.kubernetes.inferenceservice`). The queries are the same for
+both. One interval's :class:`VariantMetrics` are the increases over the last
+``window`` of:
 
 - ``recflow_requests_total`` (inference endpoints; 5xx among them are errors),
 - ``recflow_batch_users_sum`` (users answered) and
@@ -12,7 +15,7 @@ the increases over the last ``window`` of:
 - ``recflow_request_seconds`` (p99 from the histogram),
 - ``recflow_served_score`` (the histogram's per-bucket counts),
 - ``recflow_feedback_impressions_total`` / ``recflow_feedback_clicks_total``
-  with ``variant`` set to the job: written by the feedback path, which knows
+  selected by the feedback matchers: written by the feedback path, which knows
   which variant served each impression.
 """
 
@@ -23,8 +26,22 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
 from recflow.rollout.analysis import VariantMetrics
+
+
+@dataclass(frozen=True)
+class VariantSelector:
+    """PromQL label matchers of one variant: ``server`` for its model servers' series, ``feedback`` for its feedback counters."""
+
+    server: str
+    feedback: str
+
+    @classmethod
+    def local(cls, job: str) -> VariantSelector:
+        """The local platform's: the scrape job named after the server, and the same name as the feedback variant."""
+        return cls(server=f'job="{job}"', feedback=f'variant="{job}"')
 
 
 class PrometheusError(RuntimeError):
@@ -59,9 +76,13 @@ class Prometheus:
         return total
 
 
-def variant_metrics(prometheus: Prometheus, job: str, window: str) -> VariantMetrics:
-    """One variant's figures over the last ``window`` (a PromQL duration such as ``"60s"``)."""
-    selector = f'job="{job}"'
+def variant_metrics(prometheus: Prometheus, variant: str | VariantSelector, window: str) -> VariantMetrics:
+    """One variant's figures over the last ``window`` (a PromQL duration such as ``"60s"``).
+
+    ``variant``: its selector, or a local platform job name (``"stable"``, ``"canary"``).
+    """
+    chosen = variant if isinstance(variant, VariantSelector) else VariantSelector.local(variant)
+    selector = chosen.server
 
     def increase(metric: str, extra: str = "") -> float:
         labels = selector + (f",{extra}" if extra else "")
@@ -73,7 +94,7 @@ def variant_metrics(prometheus: Prometheus, job: str, window: str) -> VariantMet
     buckets = prometheus.query(f"sum by (le) (increase(recflow_served_score_bucket{{{selector}}}[{window}]))")
     cumulative = sorted((float(b["metric"]["le"]), float(b["value"][1])) for b in buckets)
     counts = tuple(max(count - previous, 0.0) for (_, count), (_, previous) in zip(cumulative, [(0, 0.0), *cumulative]))
-    feedback = f'variant="{job}"'
+    feedback = chosen.feedback
     return VariantMetrics(
         requests=increase("recflow_requests_total", 'endpoint=~"v1|v2"'),
         errors=increase("recflow_requests_total", 'endpoint=~"v1|v2",status=~"5.."'),

@@ -4,8 +4,10 @@ This is what the KFP train component calls. torchrun (`torch.distributed.run`)
 starts `nproc_per_node` workers of :mod:`recflow.training.train`, sets their
 RANK/WORLD_SIZE/LOCAL_RANK, and on a worker failure restarts the whole group
 up to `max_restarts` times; with a checkpoint directory the restarted workers
-resume from the last checkpoint. A Kubernetes TrainJob backend will take the
-same arguments.
+resume from the last checkpoint. The Kubernetes backend
+(:class:`recflow.kubernetes.trainjob.TrainJobLauncher`) takes the same
+arguments and runs the same entrypoint (:func:`entrypoint_args`) under torchrun
+in a TrainJob's pods.
 """
 
 from __future__ import annotations
@@ -39,6 +41,30 @@ class TrainingFailed(RuntimeError):
         super().__init__(f"training exited with code {returncode}; last log lines:\n" + "\n".join(tail))
 
 
+# Set for torchrun and its workers wherever they run (see _worker_env).
+TORCHRUN_ENV = {"PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def entrypoint_args(
+    training_set: str | Path,
+    feature_spec_file: str | Path,
+    output: str | Path,
+    config_file: str | Path,
+    checkpoint_dir: str | Path | None,
+) -> list[str]:
+    """What torchrun runs, here and in a TrainJob: the training entrypoint and its arguments."""
+    args = [
+        "-m", "recflow.training.train",
+        "--training-set", str(training_set),
+        "--feature-spec", str(feature_spec_file),
+        "--output", str(output),
+        "--config", str(config_file),
+    ]  # fmt: skip
+    if checkpoint_dir is not None:
+        args += ["--checkpoint-dir", str(checkpoint_dir)]
+    return args
+
+
 def _torchrun_command(
     training_set: str | Path,
     feature_spec_file: Path,
@@ -49,20 +75,13 @@ def _torchrun_command(
     max_restarts: int,
 ) -> list[str]:
     """The torchrun command line; `--standalone` picks a free local rendezvous port."""
-    command = [
+    return [
         sys.executable, "-m", "torch.distributed.run",
         "--standalone",
         "--nproc-per-node", str(nproc_per_node),
         "--max-restarts", str(max_restarts),
-        "-m", "recflow.training.train",
-        "--training-set", str(training_set),
-        "--feature-spec", str(feature_spec_file),
-        "--output", str(output),
-        "--config", str(config_file),
+        *entrypoint_args(training_set, feature_spec_file, output, config_file, checkpoint_dir),
     ]  # fmt: skip
-    if checkpoint_dir is not None:
-        command += ["--checkpoint-dir", str(checkpoint_dir)]
-    return command
 
 
 def run_torchrun(
@@ -111,8 +130,7 @@ def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     source_root = str(Path(recflow.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    env.update(TORCHRUN_ENV)
     return env
 
 

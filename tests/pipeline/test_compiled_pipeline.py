@@ -15,8 +15,13 @@ def test_checked_in_yaml_is_not_stale(tmp_path):
     )
 
 
+def _pipeline_spec() -> dict:
+    """The pipeline document (the second document holds the kfp.kubernetes platform settings)."""
+    return next(yaml.safe_load_all(COMPILED_PIPELINE.read_text()))
+
+
 def test_every_component_runs_in_the_project_image():
-    spec = yaml.safe_load(COMPILED_PIPELINE.read_text())
+    spec = _pipeline_spec()
     executors = spec["deploymentSpec"]["executors"]
     assert len(executors) == 11
     assert {executor["container"]["image"] for executor in executors.values()} == {PIPELINE_IMAGE}
@@ -26,7 +31,7 @@ def test_every_component_runs_in_the_project_image():
 
 
 def test_ui_parameters_have_defaults_except_the_workspace():
-    spec = yaml.safe_load(COMPILED_PIPELINE.read_text())
+    spec = _pipeline_spec()
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters["data_source"]["defaultValue"] == "world:demo"
     assert "defaultValue" not in parameters["workspace"]

@@ -1,0 +1,84 @@
+"""A canary rollout on the cluster: the local platform's decisions, an InferenceService's traffic.
+
+    from recflow.kubernetes.rollout import ClusterRolloutConfig, rollout_inferenceservice
+    rollout_inferenceservice("s3://models/recflow/20250101-120000-ab12cd34",
+                             ClusterRolloutConfig(prometheus_url="http://prometheus.monitoring:9090"),
+                             RolloutConfig(), "rollout.jsonl")
+
+The steps, the analysis, hold/advance/promote/rollback and the decision log
+are :func:`recflow.rollout.controller.run_rollout`'s, as for ``recflow
+rollout`` on the local platform. Here the traffic backend is the
+InferenceService (:mod:`recflow.kubernetes.inferenceservice`, Serverless or
+Standard mode) and each interval's figures come from the cluster's Prometheus
+with the selectors of the two revisions (or Deployments) the backend found.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from recflow.kubernetes import current_namespace, load_client_config
+from recflow.kubernetes.inferenceservice import InferenceService, ServerlessCanary, StandardCanary
+from recflow.rollout.controller import RolloutConfig, RolloutResult, run_rollout
+from recflow.rollout.prometheus import Prometheus, variant_metrics
+
+
+class ClusterRolloutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prometheus_url: str = Field(description="the in-cluster Prometheus, e.g. http://<release>-prometheus.monitoring:9090")
+    inference_service: str = "recommender"
+    namespace: str | None = Field(None, description="default: this pod's namespace, else the kubeconfig's")
+    mode: Literal["serverless", "standard"] = Field(
+        "serverless", description="serverless: canaryTrafficPercent (Knative); standard: spec.canary (KServe >= 0.20)"
+    )
+    ready_timeout_seconds: float = Field(600.0, gt=0, description="for a revision or Deployment to become ready")
+    poll_seconds: float = Field(5.0, gt=0)
+
+
+def rollout_inferenceservice(
+    candidate_uri: str,
+    cluster: ClusterRolloutConfig,
+    config: RolloutConfig,
+    log_path: str | Path,
+    api: Any = None,
+    prometheus: Prometheus | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> RolloutResult:
+    """Roll ``candidate_uri`` (a bundle's storageUri) out behind the InferenceService; promoted or rolled back.
+
+    ``api`` defaults to a ``kubernetes.client.CustomObjectsApi`` configured
+    in-cluster or from the kubeconfig. Whatever interrupts the rollout once
+    the canary exists (a canary that never gets ready, an error, Ctrl-C) rolls
+    it back before it propagates.
+    """
+    if api is None:
+        from kubernetes import client
+
+        load_client_config()
+        api = client.CustomObjectsApi()
+    isvc = InferenceService(cluster.inference_service, cluster.namespace or current_namespace(), api,
+                            cluster.ready_timeout_seconds, cluster.poll_seconds, sleep, clock)  # fmt: skip
+    backend = ServerlessCanary(isvc) if cluster.mode == "serverless" else StandardCanary(isvc)
+    prometheus = prometheus or Prometheus(cluster.prometheus_url)
+    window = f"{round(config.interval_seconds * 1000)}ms"  # PromQL durations take whole units
+    try:
+        backend.start_canary(candidate_uri)
+        selectors = backend.selectors()
+        result = run_rollout(backend, lambda variant: variant_metrics(prometheus, selectors[variant], window),
+                             config, log_path, sleep=sleep)  # fmt: skip
+    except BaseException:  # interrupted or failed: the canary must not keep its users
+        if backend.started:
+            backend.roll_back()
+        raise
+    if result.outcome == "promoted":
+        backend.promote()
+    else:
+        backend.roll_back()
+    return result

@@ -1,0 +1,317 @@
+"""The Helm chart, linted and rendered by Helm v4 (helm-python-sdk): scenarios, schema, wiring.
+
+    .venv/bin/pytest tests/kubernetes -q
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+
+from recflow.images import images
+from serving.config import ServingConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "recflow"
+
+POD_KINDS = {"Deployment", "StatefulSet", "Job"}
+
+
+def pod_specs(objects: list[dict]) -> list[tuple[str, dict]]:
+    """Every pod spec the chart defines, including those inside custom resources."""
+    specs = []
+    for o in objects:
+        name = f"{o['kind']}/{o['metadata']['name']}"
+        if o["kind"] in POD_KINDS:
+            specs.append((name, o["spec"]["template"]["spec"]))
+        elif o["kind"] == "InferenceService":
+            specs.append((name, o["spec"]["predictor"]))
+            specs += [(f"{name} canary", c["predictor"]) for c in o["spec"].get("canary", [])]
+        elif o["kind"] == "ClusterTrainingRuntime":
+            for job in o["spec"]["template"]["spec"]["replicatedJobs"]:
+                specs.append((f"{name} {job['name']}", job["template"]["spec"]["template"]["spec"]))
+    return specs
+
+
+def test_scenarios_exist():
+    names = {path.name for path in CHART.glob("ci/*-values.yaml")}
+    assert {"default-values.yaml", "canary-values.yaml", "standard-mode-values.yaml",
+            "monitoring-off-values.yaml"} <= names
+
+
+def test_helm_lint_strict_passes(scenario, kube_version):
+    report = helm.lint(CHART, yaml.safe_load(scenario.read_text()), strict=True, kube_version=f"v{kube_version}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["total_charts_linted"] == 1
+    assert not problems and not report["errors"], problems or report["errors"]
+
+
+def test_every_scenario_renders_the_core_objects(rendered):
+    for scenario, out in rendered.items():
+        kinds = {o["kind"] for o in out.objects}
+        assert {"InferenceService", "ConfigMap", "ServiceAccount", "Deployment", "Service", "Job",
+                "ClusterTrainingRuntime", "Role", "RoleBinding"} <= kinds, scenario
+        assert "helm upgrade" in out.notes and "kubectl" in out.notes, scenario
+
+
+def test_default_scenario_has_monitoring_network_policies_and_budgets(rendered):
+    out = rendered["default-values.yaml"]
+    kinds = {o["kind"] for o in out.objects}
+    assert {"PodMonitor", "ServiceMonitor", "PrometheusRule", "NetworkPolicy", "PodDisruptionBudget",
+            "StatefulSet"} <= kinds
+    off = {o["kind"] for o in rendered["monitoring-off-values.yaml"].objects}
+    assert not off & {"PodMonitor", "ServiceMonitor", "PrometheusRule", "PodDisruptionBudget"}
+    assert "NetworkPolicy" in off
+    assert not [o for o in rendered["monitoring-off-values.yaml"].of_kind("ConfigMap")
+                if "grafana_dashboard" in o["metadata"]["labels"]]
+
+
+# --- values.schema.json ---------------------------------------------------------------------------
+
+
+def test_schema_forbids_unknown_keys_at_every_level():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(node, where):
+        if node.get("type") == "object" and "properties" in node:
+            assert node.get("additionalProperties") is False, f"{where} accepts unknown keys"
+            for key, child in node["properties"].items():
+                walk(child, f"{where}.{key}")
+        for child in node.get("anyOf", []):
+            walk(child, where)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{where}[]")
+
+    walk(schema, "values")
+    # and every key of values.yaml is described by it
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) == set(schema["properties"])
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"canary": {"trafficPercent": "ten"}}, "/canary/trafficPercent"),  # a string where an integer goes
+        ({"canary": {"trafficPercent": 150}}, "/canary/trafficPercent"),
+        ({"inferenceService": {"minReplicas": "1"}}, "/inferenceService/minReplicas"),
+        ({"inferenceServise": {"name": "typo"}}, "inferenceServise"),  # an unknown top-level key
+        ({"redis": {"enabeld": False}}, "enabeld"),  # an unknown nested key
+        ({"inferenceService": {"servingConfig": {"max_kk": 5}}}, "max_kk"),
+        ({"inferenceService": {"deploymentMode": "RawDeploymentX"}}, "deploymentMode"),
+        ({"inferenceService": {"resources": {"requests": {"cpu": 0.5}}}}, "cpu"),  # fractional quantity
+    ],
+)
+def test_schema_rejects_broken_values(values, message):
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError, match=message):
+            chart.validate_schema(values)
+        # rendering (what `helm install` does) refuses them too
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values, name="recflow", namespace="kubeflow")
+
+
+def test_external_stores_need_their_secrets(render_chart):
+    with pytest.raises(helm.HelmError, match="featureStore.registry.existingSecret is required"):
+        render_chart({"postgres": {"enabled": False}})
+    with pytest.raises(helm.HelmError, match="featureStore.onlineStore.existingSecret is required"):
+        render_chart({"redis": {"enabled": False}})
+
+
+# --- the InferenceService and its canary ---------------------------------------------------------
+
+
+def kserve_container(predictor: dict) -> dict:
+    (container,) = [c for c in predictor["containers"] if c["name"] == "kserve-container"]
+    return container
+
+
+def storage_uri(predictor: dict) -> str:
+    (value,) = [e["value"] for e in kserve_container(predictor)["env"] if e["name"] == "STORAGE_URI"]
+    return value
+
+
+def test_knative_canary_moves_the_predictor_and_sets_canary_traffic_percent(rendered):
+    isvc = rendered["canary-values.yaml"].one("InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 25
+    assert storage_uri(predictor) == "pvc://recflow-workspace/models/candidate"
+    assert predictor["labels"]["recflow.io/variant"] == "canary"
+    assert "canary" not in isvc["spec"]
+
+    stable = rendered["default-values.yaml"].one("InferenceService")
+    assert "canaryTrafficPercent" not in stable["spec"]["predictor"]
+    assert storage_uri(stable["spec"]["predictor"]) == "pvc://recflow-workspace/models/stable"
+    assert stable["spec"]["predictor"]["labels"]["recflow.io/variant"] == "stable"
+
+
+def test_standard_mode_canary_is_a_second_predictor(rendered):
+    isvc = rendered["standard-canary-values.yaml"].one("InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    stable = isvc["spec"]["predictor"]
+    # canaryTrafficPercent is ignored in Standard mode: it must not be there to mislead.
+    assert "canaryTrafficPercent" not in stable
+    assert storage_uri(stable) == "s3://recflow/models/stable"
+    (canary,) = isvc["spec"]["canary"]
+    assert canary["trafficPercent"] == 10
+    assert storage_uri(canary["predictor"]) == "s3://recflow/models/candidate"
+    # KServe's webhook: canary names required and distinct; no autoscaling bounds on a canary.
+    assert canary["predictor"]["name"] != stable["name"]
+    assert "maxReplicas" not in canary["predictor"]
+    assert canary["predictor"]["minReplicas"] <= stable["minReplicas"]
+    assert canary["predictor"]["labels"]["recflow.io/variant"] == "canary"
+
+    plain = rendered["standard-mode-values.yaml"].one("InferenceService")
+    assert "canary" not in plain["spec"]
+
+
+def test_model_server_runs_the_serving_image_with_the_bundle_and_feature_store(rendered):
+    container = kserve_container(rendered["default-values.yaml"].one("InferenceService")["spec"]["predictor"])
+    assert container["image"] == images()["serving"]
+    assert container["args"][:2] == ["--bundle", "/mnt/models"]
+    env = {e["name"] for e in container["env"]}
+    assert {"STORAGE_URI", "FEAST_REGISTRY_URL", "REDIS_CONNECTION_STRING"} <= env
+    external = kserve_container(rendered["external-stores-values.yaml"].one("InferenceService")["spec"]["predictor"])
+    assert external["image"] == "registry.example.com/recflow/serving:0.1.0"
+    by_name = {e["name"]: e for e in external["env"]}
+    assert by_name["REDIS_CONNECTION_STRING"]["valueFrom"]["secretKeyRef"]["name"] == "feast-online-store"
+
+
+def test_serving_config_values_are_server_settings(rendered):
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    keys = schema["properties"]["inferenceService"]["properties"]["servingConfig"]["properties"]
+    assert set(keys) <= set(ServingConfig.model_fields), set(keys) - set(ServingConfig.model_fields)
+    configmap = rendered["external-stores-values.yaml"].one("ConfigMap", "-serving")
+    config = ServingConfig.model_validate(yaml.safe_load(configmap["data"]["serving.yaml"]))
+    assert config.feature_deadline_ms == 50 and config.max_k == 50
+    default = rendered["default-values.yaml"].one("ConfigMap", "-serving")
+    assert ServingConfig.model_validate(yaml.safe_load(default["data"]["serving.yaml"])) == ServingConfig()
+
+
+# --- files shared with the rest of the project ------------------------------------------------------
+
+
+def test_chart_files_are_links_to_the_project_sources():
+    """One file each, not copies: the chart reads them through symlinks Helm follows."""
+    links = {
+        "images.yaml": ROOT / "recflow" / "images.yaml",
+        "recflow-alerts.yml": ROOT / "recflow" / "monitoring" / "rules" / "recflow-alerts.yml",
+        "feature_store.yaml": ROOT / "feature_repo" / "feature_store.cluster.yaml",
+    }
+    for name, source in links.items():
+        path = CHART / "files" / name
+        assert path.is_symlink(), f"{path} must be a symlink to {source}"
+        assert path.resolve() == source.resolve()
+
+
+def test_prometheus_rule_groups_are_the_rule_file(rendered):
+    rule = rendered["default-values.yaml"].one("PrometheusRule")
+    source = yaml.safe_load((ROOT / "recflow" / "monitoring" / "rules" / "recflow-alerts.yml").read_text())
+    assert rule["spec"]["groups"] == source["groups"]
+
+
+def test_feature_store_config_is_the_cluster_variant(rendered):
+    configmap = rendered["default-values.yaml"].one("ConfigMap", "-feast")
+    source = (ROOT / "feature_repo" / "feature_store.cluster.yaml").read_text()
+    assert yaml.safe_load(configmap["data"]["feature_store.yaml"]) == yaml.safe_load(source)
+
+
+def test_dashboard_has_the_panels_and_reads_recflow_metrics(rendered):
+    (configmap,) = [c for c in rendered["default-values.yaml"].of_kind("ConfigMap")
+                    if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    dashboard = json.loads(configmap["data"]["recflow.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in ("recflow_stage_seconds_bucket", "recflow_fallback_total", "recflow_feedback_clicks_total",
+                   "recflow_feedback_impressions_total", "recflow_drift_score", "recflow_drift_detected"):
+        assert metric in exprs, metric
+
+
+def test_pod_monitor_names_variants_as_jobs(rendered):
+    """The canary analysis compares job="stable" with job="canary" (recflow/rollout/prometheus.py)."""
+    monitor = rendered["default-values.yaml"].one("PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_recflow_io_variant"], "targetLabel": "job"} in endpoint["relabelings"]
+    assert monitor["spec"]["podTargetLabels"] == ["serving.knative.dev/revision"]  # the cluster backend's selector
+    isvc = rendered["default-values.yaml"].one("InferenceService")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= isvc["spec"]["predictor"]["labels"].items()
+
+
+# --- security, resources, RBAC ----------------------------------------------------------------------
+
+
+def test_every_pod_is_hardened_and_bounded(rendered):
+    for scenario, out in rendered.items():
+        specs = pod_specs(out.objects)
+        assert len(specs) >= 4, scenario  # feast apply, feature server, predictor, trainer node (+ stores)
+        for name, spec in specs:
+            pod = spec["securityContext"]
+            assert pod["runAsNonRoot"] is True and pod["seccompProfile"]["type"] == "RuntimeDefault", name
+            for container in spec["containers"] + spec.get("initContainers", []):
+                sc = container["securityContext"]
+                where = f"{scenario}: {name} {container['name']}"
+                assert sc["runAsNonRoot"] is True, where
+                assert sc["readOnlyRootFilesystem"] is True, where
+                assert sc["allowPrivilegeEscalation"] is False, where
+                assert sc["capabilities"]["drop"] == ["ALL"], where
+                assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+                assert {"cpu", "memory"} <= set(container["resources"]["requests"]), where
+                assert {"cpu", "memory"} <= set(container["resources"]["limits"]), where
+
+
+def test_pipeline_rbac_is_namespaced_and_minimal(rendered):
+    out = rendered["default-values.yaml"]
+    assert not out.of_kind("ClusterRole") and not out.of_kind("ClusterRoleBinding")
+    role = out.one("Role")
+    verbs = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
+             for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert verbs[("trainer.kubeflow.org", "trainjobs")] >= {"create", "watch", "delete"}
+    assert verbs[("serving.kserve.io", "inferenceservices")] >= {"get", "patch"}
+    assert all("*" not in v for v in verbs.values()) and "create" not in verbs[("serving.kserve.io", "inferenceservices")]
+    binding = out.one("RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+
+
+def test_training_runtime_runs_the_pipeline_image(rendered):
+    runtime = rendered["default-values.yaml"].one("ClusterTrainingRuntime")
+    assert runtime["metadata"]["name"] == "recflow-torch"
+    assert "torch" in runtime["spec"]["mlPolicy"]
+    (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    (container,) = job["template"]["spec"]["template"]["spec"]["containers"]
+    # The Trainer's torch plugin finds the trainer container by these names.
+    assert job["name"] == "node" and container["name"] == "node"
+    assert job["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    assert container["image"] == images()["pipeline"]
+
+
+def test_network_policies_select_the_pods_they_guard(rendered):
+    out = rendered["default-values.yaml"]
+    pod_labels = [spec.get("labels") or {} for _, spec in pod_specs(out.objects)]
+    pod_labels += [o["spec"]["template"]["metadata"]["labels"] for o in out.objects if o["kind"] in POD_KINDS]
+    for policy in out.of_kind("NetworkPolicy"):
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert any(selector.items() <= labels.items() for labels in pod_labels), policy["metadata"]["name"]
+
+
+def test_chart_provides_what_the_compiled_pipeline_expects(rendered):
+    """The names and keys recflow/kubernetes/pipeline.py compiles into the pipeline exist here."""
+    from recflow.kubernetes.pipeline import SECRETS, TRAINING_CONFIG_MAP
+    from recflow.kubernetes.trainjob import TrainJobConfig
+
+    out = rendered["default-values.yaml"]
+    secret = out.one("Secret", "recflow-feature-store")
+    assert set(secret["stringData"]) == set(SECRETS["recflow-feature-store"])
+    # the same registry and Redis as the model server
+    assert secret["stringData"]["FEAST_REGISTRY_URL"] == out.one("Secret", "-postgres")["stringData"]["url"]
+    configmap = out.one("ConfigMap", TRAINING_CONFIG_MAP)
+    config = TrainJobConfig.model_validate(yaml.safe_load(configmap["data"]["trainjob"]))
+    assert config.image == images()["pipeline"]
+    assert config.runtime == out.one("ClusterTrainingRuntime")["metadata"]["name"]
+    claim = out.one("PersistentVolumeClaim")
+    assert config.workspace.claim_name == claim["metadata"]["name"]
+    # with external stores the user makes that Secret (the chart cannot know their credentials)
+    assert not rendered["external-stores-values.yaml"].of_kind("Secret")
