@@ -40,6 +40,12 @@ class ServingConfig(BaseModel):
     feature_deadline_ms: float = Field(
         100.0, gt=0, description="Online feature read budget; beyond it the batch gets popular items"
     )
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch's intra-op threads for the model call. One: a micro-batch's tensors are small, and a "
+        "second thread would compete with the event loop and the feature reads for the same two cores",
+    )
     request_time: dt.datetime | None = Field(
         None,
         description="Pin the request instant the ranker measures ages from (replaying a dataset's time); "

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
@@ -64,6 +65,7 @@ class RecommenderModel(Model):
         from recflow.features.store import get_store
         from recflow.features.training_set import on_demand_transforms
 
+        torch.set_num_threads(self.config.torch_threads)
         store = get_store(self.feature_repo)
         self.bundle = load_bundle(self.bundle_dir, lambda service: on_demand_transforms(store, service))
         candidates = self.bundle.stack.config.candidates

@@ -109,19 +109,27 @@ def fill_missing(frame: pd.DataFrame, features: dict[str, str]) -> pd.DataFrame:
     ``FEATURE_DEFAULTS`` where listed, else zeros for numbers, ``"unknown"``
     for strings and an empty list for histories.
     """
-    out = frame.copy()
+    columns = {name: frame[name] for name in frame.columns}
     for name, dtype in features.items():
-        if name not in out.columns:
+        if name not in columns:
             continue
+        values = columns[name]
+        if pd.api.types.is_numeric_dtype(values.dtype) and not values.hasnans:
+            continue  # nothing absent: the common case online, where a frame is a few users
         if name in FEATURE_DEFAULTS:
-            out[name] = pd.to_numeric(out[name]).fillna(FEATURE_DEFAULTS[name])
+            columns[name] = pd.to_numeric(values).fillna(FEATURE_DEFAULTS[name])
         elif dtype.startswith("Array"):
-            out[name] = [list(v) if isinstance(v, (list, np.ndarray)) else [] for v in out[name]]
+            columns[name] = pd.Series(
+                [list(v) if isinstance(v, (list, np.ndarray)) else [] for v in values], index=frame.index, dtype=object
+            )
         elif "String" in dtype:
-            out[name] = out[name].fillna(UNKNOWN).astype(str)
+            columns[name] = values.fillna(UNKNOWN).astype(str)
         else:
-            out[name] = pd.to_numeric(out[name]).fillna(0)
-    return out
+            columns[name] = pd.to_numeric(values).fillna(0)
+    # One frame built from the columns, not one column assignment after another:
+    # the model server fills a frame of a few users per request, where each
+    # assignment's overhead would cost more than the values.
+    return pd.DataFrame(columns, index=frame.index)
 
 
 def join_features(store, entity_rows: pd.DataFrame, service_name: str) -> pd.DataFrame:
