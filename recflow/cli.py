@@ -16,6 +16,8 @@
     recflow up | status | down           # the local platform: HAProxy, Prometheus, the model servers
     recflow rollout --candidate DIR      # canary rollout on it: steps, analysis, promote or roll back (--inject-fault)
     recflow simulate --rps R --duration S # the world's users through the proxy; clicks go to the feedback service
+    recflow retrain [--watch]            # feedback folded into the data, pipeline, rollout (on drift with --watch)
+    recflow demo                         # all of it, end to end, with a report (what `make run` runs)
 """
 
 from __future__ import annotations
@@ -339,6 +341,38 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0 if result.outcome == "promoted" else 1
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    import threading
+
+    import yaml
+
+    from recflow.pipeline.retrain import RetrainConfig, retrain, watch
+
+    settings = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+    config = RetrainConfig.model_validate(settings)
+    if not args.watch:
+        result = retrain(args.workspace, config, reason="by hand")
+        print(result.summary())
+        return 0 if result.rollout is None or result.rollout.outcome == "promoted" else 1
+    stop = threading.Event()
+    try:
+        watch(args.workspace, config, stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from recflow.platform.demo import DemoConfig, run_demo
+
+    settings = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+    report = run_demo(args.workspace, DemoConfig.model_validate(settings))
+    print(report.summary())
+    return 0 if report.failed_requests == 0 else 1
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -533,6 +567,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="a drill: make the candidate slow, failing or a spoiled model, and watch it rolled back",
     )
     rollout.set_defaults(handler=cmd_rollout)
+    retrain_parser = commands.add_parser(
+        "retrain", help="fold the feedback into the stable model's data, retrain, and roll a blessed model out",
+        description="Once (default), or with --watch whenever the drift monitor reports drift or the schedule is due: "
+                    "the pipeline runs on the stable model's dataset plus the feedback logged since, and a model "
+                    "the gate blesses goes to the rollout controller.",
+    )  # fmt: skip
+    retrain_parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    retrain_parser.add_argument("--watch", action="store_true", help="keep watching the trigger until Ctrl-C")
+    retrain_parser.add_argument("--config", help="RetrainConfig (YAML, see recflow/pipeline/retrain.py)")
+    retrain_parser.set_defaults(handler=cmd_retrain)
+    demo = commands.add_parser(
+        "demo", help="the closed loop end to end: train, serve, drift, retrain, canary, a faulty candidate; a report",
+        description="Trains on the demo world unless the workspace has a blessed model, starts the local platform, "
+                    "plays the world's users, drifts their tastes until the monitor notices, retrains and rolls the "
+                    "new model out, then rolls a faulty candidate back; prints a summary and the report's path.",
+    )  # fmt: skip
+    demo.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    demo.add_argument("--config", help="DemoConfig (YAML, see recflow/platform/demo.py)")
+    demo.set_defaults(handler=cmd_demo)
     simulate = commands.add_parser(
         "simulate", help="the world's users against the local platform: requests, clicks, feedback (exit 1 on failures)"
     )

@@ -28,6 +28,8 @@ class Workspace:
     path: Path
     bundle: Path
     card: dict
+    # The pipeline parameters it was trained with.
+    parameters: dict
 
     @property
     def feature_repo(self) -> Path:
@@ -56,4 +58,4 @@ def workspace(tmp_path_factory) -> Workspace:
     current = ModelRegistry(path / "models").current()
     assert current is not None, "the tiny pipeline run blessed no model"
     bundle = Path(current["path"])
-    return Workspace(path, bundle, json.loads((bundle / "model_card.json").read_text()))
+    return Workspace(path, bundle, json.loads((bundle / "model_card.json").read_text()), TINY)

@@ -34,6 +34,10 @@ EVENTS_DIR = "events"
 ITEMS_FILE = "items.parquet"
 USERS_FILE = "users.parquet"
 GROUND_TRUTH_DIR = "ground_truth"
+# Manifest key: the feedback-log events folded into a dataset, one entry per
+# fold ({"replayed_onto": first day, "last_sequence": last log position, ...}),
+# written by recflow.pipeline.retrain and read by the feature computation.
+FEEDBACK_FOLDS = "feedback_folds"
 SCHEMA_VERSION = 1
 
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recflow.data.dataset import Dataset
+from recflow.data.dataset import FEEDBACK_FOLDS, Dataset
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,12 @@ def extend_history(previous, clicked: list[str]) -> list[str]:
     return (old + list(clicked))[-HISTORY_LENGTH:]
 
 
-def _history_rows(previous: pd.DataFrame, clicks: pd.DataFrame, day: dt.date) -> pd.DataFrame:
-    """Append a day's clicks to each clicking user's history, keeping the newest."""
+def _history_rows(previous: pd.DataFrame, clicks: pd.DataFrame, day: dt.date, feedback_seq: int) -> pd.DataFrame:
+    """Append a day's clicks to each clicking user's history, keeping the newest.
+
+    ``feedback_seq``: the feedback-log position the day's data holds (see
+    :func:`feedback_positions`); 0 for days with no feedback folded in.
+    """
     clicks = clicks.sort_values(["user_id", "event_timestamp"], kind="stable")
     today = clicks.groupby("user_id", sort=True).agg(
         new_items=("item_id", list), last_ts=("event_timestamp", "max")
@@ -211,10 +216,31 @@ def _history_rows(previous: pd.DataFrame, clicks: pd.DataFrame, day: dt.date) ->
             "event_timestamp": _snapshot_time(day),
             "user_recent_item_ids": merged,
             "user_last_click_ts": epoch_seconds(today["last_ts"]).to_numpy(),
-            # Batch snapshots hold no feedback-log click (see recflow.feedback).
-            FEEDBACK_SEQ_COLUMN: 0,
+            FEEDBACK_SEQ_COLUMN: feedback_seq,
         }
     )
+
+
+def feedback_positions(dataset: Dataset) -> Callable[[dt.date], int]:
+    """The feedback-log position a day's history rows hold: the last of the folds that start on or before it.
+
+    A dataset with the feedback log folded in (``recflow.pipeline.retrain``)
+    holds every logged click up to a fold's ``last_sequence`` from that fold's
+    first day on. A history row written for such a day says so, as a pushed
+    row does (:func:`recflow.features.online.push_clicks`): when the feedback
+    service replays its log into a store materialized from these rows, it
+    skips the clicks they already hold. Days before any fold hold none (0).
+    """
+    folds = sorted(
+        (dt.date.fromisoformat(fold["replayed_onto"]), int(fold["last_sequence"]))
+        for fold in dataset.manifest.get(FEEDBACK_FOLDS, [])
+    )
+
+    def position(day: dt.date) -> int:
+        held = [sequence for start, sequence in folds if start <= day]
+        return held[-1] if held else 0
+
+    return position
 
 
 def _profiles(dataset: Dataset, root: Path) -> dict[str, int]:
@@ -282,6 +308,7 @@ def compute_features(dataset: Dataset, offline_root: str | Path, events_filter: 
 
     # Per-day aggregates for the new days, cached for later windows.
     history = _latest_history(root, start)
+    feedback_seq = feedback_positions(dataset)
     rows[USER_HISTORY] = 0
     for day in targets:
         if day not in fingerprints_by_day:
@@ -299,7 +326,7 @@ def compute_features(dataset: Dataset, offline_root: str | Path, events_filter: 
         _write(_daily_aggregates(events, "item_id"), _table_file(root, f"{DAILY_DIR}/item", day))
         clicks = events[events["clicked"]]
         if len(clicks):
-            day_history = _history_rows(history, clicks, day)
+            day_history = _history_rows(history, clicks, day, feedback_seq(day))
             _write(day_history, _table_file(root, USER_HISTORY, day))
             history = pd.concat([history[~history["user_id"].isin(day_history["user_id"])], day_history[history.columns]])
             rows[USER_HISTORY] += len(day_history)

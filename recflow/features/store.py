@@ -47,6 +47,26 @@ def prepare_repo(target: str | Path, variant: str = "local") -> Path:
     return target
 
 
+def copy_repo(source: str | Path, target: str | Path) -> Path:
+    """A working copy of an applied repo (tables, online store), registered afresh.
+
+    The registry records the online store's tables with the store's absolute
+    path, so a plain copy applied later would tear those tables down in the
+    *source*'s store. The copy drops the registry and applies the
+    definitions again: same data, its own registry.
+    """
+    import yaml
+
+    target = Path(shutil.copytree(source, target))
+    registry = yaml.safe_load((target / "feature_store.yaml").read_text())["registry"]
+    registry = registry["path"] if isinstance(registry, dict) else registry
+    if "://" in registry:
+        raise ValueError(f"{source} keeps its registry at {registry}: only a file registry can be copied")
+    (target / registry).unlink(missing_ok=True)
+    feast_apply(target)
+    return target
+
+
 def offline_root(repo: str | Path) -> Path:
     """The directory the definitions read the offline tables from."""
     configured = os.environ.get("RECFLOW_OFFLINE_ROOT", DEFAULT_OFFLINE_ROOT)

@@ -127,19 +127,25 @@ class FeedbackLog:
 
         Needs no :meth:`open`: a reader beside the writing process sees every
         complete line (a line still being written ends the read early).
+        An event's position is its line number (appends number them so, and a
+        failed append is cut back off), so the lines up to ``after`` are
+        skipped unparsed: a follower polling a long log reads only what is new.
         """
         with self.path.open("rb") as source:
             for number, line in enumerate(source, start=1):
                 if not line.endswith(b"\n"):
                     return
+                if number <= after:
+                    continue
                 try:
                     record = json.loads(line)
                     sequence = record.pop("sequence")
                     event = FeedbackEvent.model_validate(record)
                 except (ValueError, KeyError) as error:
                     raise LogDamaged(f"{self.path}:{number}: {error}") from error
-                if sequence > after:
-                    yield sequence, event
+                if sequence != number:
+                    raise LogDamaged(f"{self.path}:{number}: position {sequence} on line {number}")
+                yield sequence, event
 
     def clicks(self, after: int = 0) -> pd.DataFrame:
         """The logged clicks above position ``after``, in the layout ``push_clicks`` takes."""

@@ -106,12 +106,33 @@ def describe(report: SimulationReport) -> str:
     return "\n".join(lines)
 
 
+class Background:
+    """:meth:`Simulator.run` in a thread for the length of a ``with`` block (rollouts, the demo's phases)."""
+
+    def __init__(self, simulator: Simulator) -> None:
+        self.simulator = simulator
+        self.stop = threading.Event()
+        self.report: SimulationReport | None = None
+        self.thread = threading.Thread(target=self._run, name="simulator")
+
+    def _run(self) -> None:
+        self.report = self.simulator.run(self.stop)
+
+    def __enter__(self) -> Background:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(120)
+
+
 def ground_truth_for(card: dict, ground_truth_dir: str | Path | None = None) -> GroundTruth:
     """The oracle of the world a model was trained on: a saved one, or drawn again from the card's scale and seed."""
     if ground_truth_dir is not None:
         return GroundTruth.load(ground_truth_dir)
     data = card.get("data", {})
-    if data.get("source") != "world" or data.get("scale") in (None, "custom"):
+    if data.get("source") not in ("world", "dataset") or data.get("scale") in (None, "custom"):
         raise ValueError(
             f"the model was trained on {data.get('source')!r} data of scale {data.get('scale')!r}: "
             "the simulator needs a named synthetic world, or pass the world's ground_truth directory"
@@ -144,6 +165,10 @@ class Simulator:
     def run(self, stop: threading.Event | None = None) -> SimulationReport:
         """Play until the configured duration has passed or ``stop`` is set (from any thread)."""
         return asyncio.run(self._run(stop))
+
+    def in_background(self) -> Background:
+        """A context manager playing in a thread until the block ends; its ``report`` after."""
+        return Background(self)
 
     async def _run(self, stop: threading.Event | None) -> SimulationReport:
         config = self.config

@@ -17,7 +17,7 @@ as such, never as drift. On the synthetic world (tiny scale, days 0-6 against
 7-9), the JS divergence of the clicked items' categories is 0.128 when tastes
 drift from day 7 and 0.008 when they do not.
 
-:func:`publish` exports a report as Prometheus gauges; the alerting rules in
+:func:`publish` exports reports as Prometheus gauges; the alerting rules in
 ``recflow/monitoring/rules/`` fire on ``recflow_drift_detected``, so the
 thresholds live here only.
 """
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 DRIFT_SCORE = Gauge("recflow_drift_score", "Drift of a column, live window against the reference", ["column", "metric"])
 DRIFT_THRESHOLD = Gauge("recflow_drift_threshold", "The score above which a column counts as drifted", ["column", "metric"])
 DRIFT_DETECTED = Gauge("recflow_drift_detected", "1 when some column drifted in a window large enough to tell")
-DRIFT_ROWS = Gauge("recflow_drift_window_rows", "Rows in the live window the drift scores come from")
+DRIFT_ROWS = Gauge("recflow_drift_window_rows", "Rows in the live window a column's score comes from", ["column"])
 
 # Added to every bin share so that an empty bin costs a bounded amount instead of infinity.
 SMOOTHING = 1e-4
@@ -150,14 +150,37 @@ class DriftReference:
             columns.append(ColumnDrift(column, "js", score, self.config.js_threshold))
         return DriftReport(columns, len(frame), self.config.min_rows)
 
+    def to_dict(self) -> dict:
+        """JSON-ready: the config, the bin edges and the shares (a bundle carries its reference this way)."""
+        return {
+            "config": self.config.model_dump(),
+            "edges": {column: edges.tolist() for column, edges in self.edges.items()},
+            "shares": {column: {str(key): float(value) for key, value in shares.items()} for column, shares in self.shares.items()},
+            "rows": self.rows,
+        }
 
-def publish(report: DriftReport) -> None:
-    """Set the drift gauges from a report (the process exporting them is scraped by Prometheus)."""
-    for column in report.columns:
-        DRIFT_SCORE.labels(column.column, column.metric).set(column.score)
-        DRIFT_THRESHOLD.labels(column.column, column.metric).set(column.threshold)
-    DRIFT_ROWS.set(report.rows)
-    DRIFT_DETECTED.set(1.0 if report.drifted else 0.0)
+    @classmethod
+    def from_dict(cls, data: dict) -> DriftReference:
+        config = DriftConfig.model_validate(data["config"])
+        edges = {column: np.asarray(values, dtype=np.float64) for column, values in data["edges"].items()}
+        shares = {column: pd.Series(values, dtype=np.float64) for column, values in data["shares"].items()}
+        for column in config.numeric:  # bin shares are positional: keys "0", "1", ...
+            shares[column] = shares[column].reset_index(drop=True)
+        return cls(config, edges, shares, int(data["rows"]))
+
+
+def publish(*reports: DriftReport) -> None:
+    """Set the drift gauges from reports on disjoint columns (the process exporting them is scraped by Prometheus).
+
+    ``recflow_drift_detected`` is 1 when any report found drift in a window
+    large enough to tell.
+    """
+    for report in reports:
+        for column in report.columns:
+            DRIFT_SCORE.labels(column.column, column.metric).set(column.score)
+            DRIFT_THRESHOLD.labels(column.column, column.metric).set(column.threshold)
+            DRIFT_ROWS.labels(column.column).set(report.rows)
+    DRIFT_DETECTED.set(1.0 if any(report.drifted for report in reports) else 0.0)
 
 
 def _require(frame: pd.DataFrame, config: DriftConfig) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from recflow.data.dataset import GROUND_TRUTH_DIR, Dataset, write_dataset
+from recflow.data.dataset import FEEDBACK_FOLDS, GROUND_TRUTH_DIR, Dataset, write_dataset
 from recflow.data.validation import DataValidationError, validate_dataset
 from recflow.evaluation.protocols import Split, stratified_split, time_split
 from recflow.features import compute, store
@@ -83,6 +83,11 @@ def ingest(source: str, out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
         if dataset.ground_truth_dir is not None:
             shutil.copytree(dataset.ground_truth_dir, out / GROUND_TRUTH_DIR)
         info = {"source": "dataset", "path": str(dataset.path), "manifest": dataset.manifest}
+        # A dataset drawn from a synthetic world plus its live feedback
+        # (recflow.pipeline.retrain) keeps the world's name, so its model card
+        # says whose users the simulator can play, and the feedback-log position
+        # it holds, so the next retraining folds in only what came after.
+        info.update({key: dataset.manifest[key] for key in ("scale", "seed", FEEDBACK_FOLDS) if key in dataset.manifest})
     else:
         from recflow.data.movielens import read_movielens
 
@@ -449,11 +454,13 @@ def export_bundle(
     The bundle holds the two-tower model (``model/``), the ranker
     (``ranker/``), the serve-time item snapshot (features as of the end of the
     data) with its vectors and the ANN index built over them (``index/``), the
-    stack configuration (``stack.json``) and ``model_card.json`` with the
+    stack configuration (``stack.json``), the drift monitor's references
+    (``drift_reference.json``) and ``model_card.json`` with the
     metrics, data, feature service, code version, parent model and the blessing
     decision with its evidence.
     """
-    from recflow.features.training_set import entity_features_as_of
+    from recflow.features.training_set import entity_features_as_of, on_demand_transforms
+    from recflow.monitoring.live import MonitorConfig, bundle_references, write_reference
     from recflow.pipeline.registry import ModelRegistry, build_model_card
     from recflow.recommender.stack import StackConfig, build_stack, save_config
 
@@ -465,11 +472,10 @@ def export_bundle(
     model_info = json.loads((Path(model_dir) / MODEL_INFO).read_text())
     service = ranker_info["feature_service"]
     snapshot_at = pd.Timestamp(dataset.days()[-1] + dt.timedelta(days=1), tz="UTC")
-    items = entity_features_as_of(
-        store.get_store(feature_repo(workspace)), service, "item", list(catalog_at(dataset_dir, snapshot_at)), snapshot_at
-    )
+    feature_store = store.get_store(feature_repo(workspace))
+    items = entity_features_as_of(feature_store, service, "item", list(catalog_at(dataset_dir, snapshot_at)), snapshot_at)
     config = StackConfig.model_validate(evaluation["stack"])
-    stack = build_stack(Path(model_dir), Path(ranker_dir), items, config)
+    stack = build_stack(Path(model_dir), Path(ranker_dir), items, config, on_demand_transforms(feature_store, service))
     out = Path(bundle_dir)
     if out.exists():
         shutil.rmtree(out)
@@ -481,7 +487,11 @@ def export_bundle(
     np.save(out / "item_bias.npy", bias)
     stack.index.save(out / "index")
     save_config(config, out)
+    # What the drift monitor compares live traffic with (recflow.monitoring.live).
+    references, window = bundle_references(dataset, stack, feature_store, service, snapshot_at, evaluation["k"], MonitorConfig())
+    write_reference(out, references, window)
     card = build_model_card(out, evaluation, dataset.manifest, service, {"retrieval": model_info, "ranking": ranker_info}, snapshot_at)
+    card["data"]["dataset"] = str(dataset.path.resolve())  # what a retraining builds on (recflow.pipeline.retrain)
     _write_json(out / "model_card.json", card)
     registry_entry = ModelRegistry(Path(workspace) / "models").register(out, card)
     return {"version": card["version"], "registered_at": registry_entry["path"]}

@@ -50,6 +50,14 @@ FEEDBACK_SERVICE = ServiceSpec(
     health_path="/healthz",
 )
 
+# The drift monitor (recflow.monitoring): follows the feedback log and exports
+# the drift gauges under the scrape job the alerting rules name ("monitor").
+MONITOR_SERVICE = ServiceSpec(
+    name="monitor",
+    command=["{python}", "-m", "recflow.monitoring", "--workspace", "{workspace}", "--port", "{port}"],
+    health_path="/healthz",
+)
+
 
 class PlatformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,7 +72,8 @@ class PlatformConfig(BaseModel):
     max_restarts: int = Field(5, ge=0, description="Restarts of one crashed process before it is left down")
     restart_backoff_seconds: float = Field(1.0, gt=0, description="Wait before the first restart; doubled each time")
     services: list[ServiceSpec] = Field(
-        default_factory=lambda: [FEEDBACK_SERVICE], description="More recflow processes to run (default: feedback)"
+        default_factory=lambda: [FEEDBACK_SERVICE, MONITOR_SERVICE],
+        description="More recflow processes to run (default: feedback and the drift monitor)",
     )
 
     @field_validator("services")

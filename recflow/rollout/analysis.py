@@ -20,7 +20,9 @@ own figures over the same interval (both see the same traffic mix):
      histograms above ``max_score_shift`` (a model that scores everything
      alike, or inverted, shows here before any click does), and significantly
      so (G-test of homogeneity, each answer counted once: the scores of one
-     answer are not independent draws);
+     answer are not independent draws), unless the canary's click-through is
+     significantly *higher* over the same interval: a better model scores
+     differently too, and clicks are the evidence that outranks the guard;
    - click-through rate: lower than ``min_ctr_ratio`` times the stable's,
      and significantly so;
 3. otherwise -> ``advance`` to the next traffic step, or ``promote`` after
@@ -121,9 +123,12 @@ def analyse(stable: VariantMetrics, canary: VariantMetrics, step: int, config: A
                     config.max_fallback_rate_increase, config.significance),
         _latency_check(canary.p99_seconds, stable.p99_seconds, config.max_p99_ratio),
     ]
-    if stable.score_counts and canary.score_counts:
-        checks.append(_score_check(stable, canary, config.max_score_shift, config.significance))
     enough_feedback = min(stable.impressions, canary.impressions) >= config.min_impressions
+    if stable.score_counts and canary.score_counts:
+        # Significantly more clicks explain a different score distribution: a better model, not a broken one.
+        better_p = one_sided_p_value(canary.clicks, canary.impressions, stable.clicks, stable.impressions)
+        clicks_better = enough_feedback and better_p < config.significance
+        checks.append(_score_check(stable, canary, config.max_score_shift, config.significance, clicks_better, better_p))
     if enough_feedback:
         checks.append(_ctr_check(stable, canary, config))
     failed = [check for check in checks if not check.passed]
@@ -151,7 +156,14 @@ def _latency_check(canary_p99: float, stable_p99: float, max_ratio: float) -> Ch
     return Check("p99 latency", ratio <= max_ratio, detail)
 
 
-def _score_check(stable: VariantMetrics, canary: VariantMetrics, max_shift: float, significance: float) -> Check:
+def _score_check(
+    stable: VariantMetrics,
+    canary: VariantMetrics,
+    max_shift: float,
+    significance: float,
+    clicks_better: bool = False,
+    better_p: float = 1.0,
+) -> Check:
     if len(stable.score_counts) != len(canary.score_counts):
         raise ValueError("the two score histograms have different buckets")
     stable_counts, canary_counts = np.asarray(stable.score_counts, float), np.asarray(canary.score_counts, float)
@@ -163,8 +175,11 @@ def _score_check(stable: VariantMetrics, canary: VariantMetrics, max_shift: floa
         stable_counts * min(1.0, stable.users / stable_counts.sum()),
         canary_counts * min(1.0, canary.users / canary_counts.sum()),
     )
-    worse = shift > max_shift and p < significance
-    return Check("score distribution", not worse, f"JS divergence {shift:.4f} (allowed {max_shift}, p={p:.3g})")
+    shifted = shift > max_shift and p < significance
+    detail = f"JS divergence {shift:.4f} (allowed {max_shift}, p={p:.3g})"
+    if shifted and clicks_better:
+        return Check("score distribution", True, f"{detail}; overruled: click-through significantly higher (p={better_p:.3g})")
+    return Check("score distribution", not shifted, detail)
 
 
 def homogeneity_p_value(a, b) -> float:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,9 @@ def require_haproxy() -> str:
     return path
 
 
+MAX_SOCKET_PATH = 100
+
+
 class TrafficProxy:
     """HAProxy on ``port`` splitting between ``stable`` and ``canary`` (``host:port`` each)."""
 
@@ -92,6 +96,12 @@ class TrafficProxy:
         self.port = port
         self.stable, self.canary = stable, canary
         self.socket_path = self.directory / "haproxy.sock"
+        # A UNIX socket's path must fit sun_path (108 bytes): a deep workspace's
+        # socket goes to a directory of its own under the temp dir instead.
+        self._socket_dir: Path | None = None
+        if len(str(self.socket_path)) > MAX_SOCKET_PATH:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="recflow-haproxy-"))
+            self.socket_path = self._socket_dir / "haproxy.sock"
         self.config_path = self.directory / "haproxy.cfg"
         self.process: subprocess.Popen | None = None
 
@@ -188,6 +198,8 @@ class TrafficProxy:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def __enter__(self) -> TrafficProxy:
         return self.start()

@@ -102,3 +102,15 @@ def test_online_equals_the_offline_join_at_the_end_of_the_log(feature_env, onlin
     raw = _read_online(fs, idle, item)
     assert raw["user_clicks_7d"] is None and raw["user_recent_item_ids"] is None
     assert offline.loc[idle, "user_recent_item_ids"] == [] and offline.loc[idle, "user_clicks_7d"] == 0
+
+
+def test_an_applied_copy_of_a_repo_leaves_the_source_store_alone(workspace, tmp_path):
+    """A plain copy's registry names the source's online store; applying it would drop the source's tables."""
+    copy = store.copy_repo(workspace.feature_repo, tmp_path / "copy")
+    store.feast_apply(copy)  # what a pipeline run in the copy does
+    users = workspace.known_users()[:3]
+    for repo in (workspace.feature_repo, copy):
+        read = store.get_store(repo).get_online_features(
+            features=["user_profile:user_segment"], entity_rows=[{"user_id": user} for user in users]
+        ).to_dict()
+        assert all(segment is not None for segment in read["user_segment"]), repo

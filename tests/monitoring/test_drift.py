@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,7 +87,14 @@ def test_publish_sets_the_gauges_the_alert_reads():
     assert REGISTRY.get_sample_value("recflow_drift_detected") == 1.0
     score = REGISTRY.get_sample_value("recflow_drift_score", {"column": "category", "metric": "js"})
     assert score == pytest.approx(report.columns[1].score)
-    assert REGISTRY.get_sample_value("recflow_drift_window_rows") == len(live)
+    assert REGISTRY.get_sample_value("recflow_drift_window_rows", {"column": "category"}) == len(live)
+
+
+def test_a_reference_survives_its_json_round_trip():
+    reference, live = _clicks_before_and_after(0, drift=True)
+    fitted = DriftReference.fit(reference, CONFIG)
+    restored = DriftReference.from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert restored.compare(live).to_dict() == fitted.compare(live).to_dict()
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing (Debian package prometheus; .ci/run installs it)")

@@ -120,3 +120,15 @@ def test_a_score_shift_needs_evidence_not_just_a_large_divergence():
     check = next(c for c in analyse(many_stable, many_canary, 5, CONFIG).checks if c.name == "score distribution")
     assert not check.passed, check.detail
     assert homogeneity_p_value([10, 20, 30], [10, 20, 30]) == pytest.approx(1.0)
+
+
+def test_significantly_more_clicks_overrule_a_score_shift_and_the_better_model_is_promoted():
+    shifted = dict(score_counts=(60, 40, 20, 5, 5, 20, 40))  # scores a different shape entirely
+    better = canary(clicks=2600, **shifted)  # CTR 0.13 against 0.10 over 20,000 impressions each
+    decision = analyse(HEALTHY, better, 100, CONFIG)
+    check = next(c for c in decision.checks if c.name == "score distribution")
+    assert decision.action == "promote" and "overruled: click-through significantly higher" in check.detail
+    # The same shift with clicks no better, or too few impressions to tell: rolled back on the shift.
+    assert analyse(HEALTHY, canary(**shifted), 100, CONFIG).action == "rollback"
+    few = dataclasses.replace(better, impressions=400, clicks=52)
+    assert analyse(dataclasses.replace(HEALTHY, impressions=400, clicks=40), few, 100, CONFIG).action == "rollback"

@@ -182,3 +182,17 @@ def test_a_canary_without_evidence_is_rolled_back_after_the_allowed_holds(proxy,
     assert seen == [5, 5, 5]
     assert [r["action"] for r in read_log(result.log_path)] == ["hold", "hold", "rollback"]
     assert running.weights()["canary"] == 0
+
+
+def test_a_deep_directory_still_gets_a_runtime_socket(tmp_path):
+    """A UNIX socket path must fit 108 bytes; a deep workspace's proxy puts its socket under the temp dir."""
+    stable = backend("stable")
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    try:
+        with TrafficProxy(deep, free_port(), f"127.0.0.1:{stable.server_address[1]}", f"127.0.0.1:{stable.server_address[1]}") as running:
+            assert len(str(deep / "haproxy.sock")) > 108 and len(str(running.socket_path)) <= 100
+            running.set_canary_percent(0)  # the runtime API answers through the short socket
+            socket_dir = running.socket_path.parent
+        assert not socket_dir.exists()
+    finally:
+        stable.shutdown()

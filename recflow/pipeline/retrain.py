@@ -1,0 +1,214 @@
+"""Retraining: when live traffic drifts (or on a schedule), train on what was learned since and roll the model out.
+
+    recflow retrain [--workspace .recflow] [--watch] [--config retrain.yaml]
+
+One retraining (:func:`retrain`):
+
+1. **Fold the feedback in.** The stable model's training dataset plus the
+   feedback log's events since that dataset was made become a new dataset
+   (:func:`fold_feedback`), so the new model sees the tastes the old one
+   missed. The synthetic world's calendar lies in the past, so the live
+   events are replayed onto the days after the dataset's last one, in order
+   and with their spacing; the dataset records the log position it holds,
+   and the next fold starts after it (no event is trained on twice). The
+   history snapshots of those days carry that position too
+   (:func:`recflow.features.compute.compute_features`), so the feedback
+   service replaying its log after a materialization skips those clicks.
+2. **Run the pipeline** on it: ``kfp.local`` (:func:`run_pipeline`), the
+   same pipeline, gate and export as ``recflow pipeline run``; with
+   ``host`` set, the run is submitted to Kubeflow Pipelines instead
+   (:func:`recflow.kubernetes.submit.submit`), whose own export registers
+   the model on the cluster.
+3. **Hand a blessed model to the rollout controller**
+   (:func:`recflow.platform.rollout.rollout`), which promotes it or rolls it
+   back on live evidence. A model the gate did not bless is not rolled out.
+
+:func:`watch` is the trigger: it reads the drift verdict the monitor
+exports (``recflow_drift_detected{job="monitor"}``) from Prometheus, the
+same query on the local platform and on a cluster, and retrains when it is
+1, or when ``every_hours`` have passed, never twice within
+``cooldown_minutes``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from recflow.data.dataset import FEEDBACK_FOLDS, Dataset, write_dataset
+from recflow.feedback.log import FeedbackLog
+from recflow.rollout.controller import RolloutConfig, RolloutResult
+
+log = logging.getLogger(__name__)
+
+DATASETS_DIR = "datasets"
+# The dataset manifest's record of the feedback folded into it, oldest first:
+# where each fold's events start and the last log position each holds.
+FOLDS_KEY = FEEDBACK_FOLDS
+DRIFT_QUERY = 'max(recflow_drift_detected{job="monitor"})'
+
+
+class RetrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on_drift: bool = Field(True, description="Retrain when the monitor reports drift")
+    every_hours: float | None = Field(None, gt=0, description="Also retrain on this schedule; unset: drift only")
+    cooldown_minutes: float = Field(30.0, ge=0, description="No second retraining within this long of the last")
+    poll_seconds: float = Field(10.0, gt=0, description="How often the trigger reads the drift verdict")
+    host: str | None = Field(None, description="A Kubeflow Pipelines host: submit there instead of kfp.local")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Pipeline parameters for the run")
+    rollout: RolloutConfig = RolloutConfig()
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    reason: str
+    dataset: Path
+    feedback_events: int
+    blessed: bool
+    bundle: Path | None
+    rollout: RolloutResult | None
+    rollout_report: Path | None
+    run: str  # the local run directory, or the Kubeflow run id
+
+    def summary(self) -> str:
+        lines = [f"retraining ({self.reason}): {self.feedback_events} feedback events folded into {self.dataset}",
+                 f"pipeline run: {self.run}", f"blessed: {self.blessed}"]  # fmt: skip
+        if self.rollout is not None:
+            lines.append(f"rollout: {self.rollout.outcome} ({self.rollout.reason}), report {self.rollout_report}")
+        return "\n".join(lines)
+
+
+def fold_feedback(base: Dataset, feedback: FeedbackLog, out: Path) -> tuple[Dataset, int]:
+    """``base`` plus the feedback logged after the position ``base`` holds, as a new dataset at ``out``.
+
+    Events keep their order and spacing and start on the day after
+    ``base``'s last day. Returns the dataset and the number of events folded.
+    """
+    folds = base.manifest.get(FOLDS_KEY, [])
+    held = folds[-1]["last_sequence"] if folds else 0
+    rows = [
+        (sequence, event.event_id, event.user_id, event.item_id, event.event_timestamp, event.clicked, event.dwell_seconds)
+        for sequence, event in feedback.read(after=held)
+    ]
+    if not rows:
+        raise ValueError(f"{feedback.path} holds no events after position {held}: nothing new to train on")
+    new = pd.DataFrame(
+        rows, columns=["sequence", "event_id", "user_id", "item_id", "event_timestamp", "clicked", "dwell_seconds"]
+    )
+    new["event_timestamp"] = pd.to_datetime(new["event_timestamp"], utc=True)
+    next_day = pd.Timestamp(base.days()[-1] + dt.timedelta(days=1), tz="UTC")
+    shift = next_day - new["event_timestamp"].min()
+    new["event_timestamp"] = new["event_timestamp"] + shift
+    new["rating"] = float("nan")
+    events = pd.concat([base.read_events(), new.drop(columns="sequence")], ignore_index=True)
+    fold = {
+        "log": str(feedback.path),
+        "first_sequence": int(new["sequence"].min()),
+        "last_sequence": int(new["sequence"].max()),
+        "events": len(new),
+        "replayed_from": (new["event_timestamp"].min() - shift).isoformat(),
+        "replayed_onto": next_day.date().isoformat(),
+    }
+    manifest = {**base.manifest, FOLDS_KEY: [*folds, fold]}
+
+    def copy_ground_truth(tmp: Path) -> None:
+        if base.ground_truth_dir is not None:
+            shutil.copytree(base.ground_truth_dir, tmp / base.ground_truth_dir.name)
+
+    items = pd.read_parquet(base.path / "items.parquet")
+    users = pd.read_parquet(base.path / "users.parquet")
+    return write_dataset(out, events, items, users, manifest, extra=copy_ground_truth), len(new)
+
+
+def training_dataset(card: dict) -> Dataset:
+    """The validated dataset a model was trained on, as its card records it."""
+    path = card.get("data", {}).get("dataset")
+    if path is None:
+        raise ValueError(f"model {card.get('version')}'s card does not record its dataset (exported before retraining existed)")
+    if not Path(path, "manifest.json").is_file():
+        raise FileNotFoundError(f"model {card.get('version')} was trained on {path}, which is gone")
+    return Dataset(Path(path))
+
+
+def retrain(workspace: str | Path, config: RetrainConfig, reason: str, feedback_log: Path | None = None) -> RetrainResult:
+    """One retraining of the model the local platform serves as stable: fold, run, and roll out if blessed."""
+    from recflow.feedback.service import LOG_FILE
+    from recflow.platform.state import PlatformState
+
+    workspace = Path(workspace).resolve()
+    state = PlatformState.read(workspace)
+    stable = state.process("stable") if state is not None else None
+    if stable is None or stable.bundle is None:
+        raise RuntimeError(f"no platform serves a stable model in {workspace}: run `recflow up` first")
+    base = training_dataset(json.loads((stable.bundle / "model_card.json").read_text()))
+    out = workspace / DATASETS_DIR / f"retrain-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    dataset, folded = fold_feedback(base, FeedbackLog(feedback_log or workspace / LOG_FILE), out)
+    log.info("retraining (%s): %d feedback events folded into %s", reason, folded, dataset.path)
+    parameters = {**config.parameters, "data_source": str(dataset.path)}
+    if config.host is not None:
+        from recflow.kubernetes.submit import submit
+
+        submitted = submit(config.host, parameters)
+        return RetrainResult(reason, dataset.path, folded, False, None, None, None, submitted.url)
+    from recflow.pipeline.local import run_pipeline
+    from recflow.platform.rollout import rollout
+
+    outputs = run_pipeline(workspace, **parameters)
+    blessed = outputs.bundle is not None
+    if not blessed:
+        return RetrainResult(reason, dataset.path, folded, False, None, None, None, str(outputs.run_dir))
+    result, report = rollout(workspace, outputs.bundle, config.rollout)
+    return RetrainResult(reason, dataset.path, folded, True, outputs.bundle, result, report, str(outputs.run_dir))
+
+
+def watch(
+    workspace: str | Path,
+    config: RetrainConfig,
+    stop: threading.Event,
+    max_retrainings: int | None = None,
+    clock=time.monotonic,
+) -> list[RetrainResult]:
+    """Retrain whenever the trigger fires, until ``stop`` is set or ``max_retrainings`` are done; the retrainings."""
+    from recflow.platform.state import PlatformState
+    from recflow.rollout.prometheus import Prometheus
+
+    done: list[RetrainResult] = []
+    last = clock()
+    last_retrain: float | None = None
+    while not stop.is_set():
+        state = PlatformState.read(workspace)
+        if state is None:
+            raise RuntimeError(f"no platform running in {workspace}: run `recflow up` first")
+        reason = trigger_reason(Prometheus(state.prometheus_url), config, clock() - last)
+        cooling = last_retrain is not None and clock() - last_retrain < config.cooldown_minutes * 60
+        if reason is not None and not cooling:
+            result = retrain(workspace, config, reason)
+            log.info("%s", result.summary())
+            done.append(result)
+            last = last_retrain = clock()
+            if max_retrainings is not None and len(done) >= max_retrainings:
+                break
+        stop.wait(config.poll_seconds)
+    return done
+
+
+def trigger_reason(prometheus, config: RetrainConfig, since_last_seconds: float) -> str | None:
+    """Why to retrain now ("drift", "schedule"), or None."""
+    if config.on_drift:
+        verdict = prometheus.query(DRIFT_QUERY)
+        if verdict and float(verdict[0]["value"][1]) >= 1:
+            return "drift"
+    if config.every_hours is not None and since_last_seconds >= config.every_hours * 3600:
+        return "schedule"
+    return None

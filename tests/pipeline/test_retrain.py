@@ -1,0 +1,111 @@
+"""Retraining's pieces: the feedback folded into a dataset once, and the trigger's verdict.
+
+The whole loop (drift, retraining on the platform, rollout) runs in
+tests/platform/test_platform.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from recflow.data.dataset import GROUND_TRUTH_DIR, Dataset, write_dataset
+from recflow.data.world import generate_world, world_config
+from recflow.features.compute import compute_features, feedback_positions
+from recflow.feedback.log import FeedbackEvent, FeedbackLog
+from recflow.pipeline.retrain import RetrainConfig, fold_feedback, training_dataset, trigger_reason
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Dataset:
+    world = generate_world(world_config("tiny"))
+    path = tmp_path_factory.mktemp("retrain") / "base"
+    manifest = {"source": "world", "scale": "tiny", "seed": 0}
+    return write_dataset(path, world.events, world.items, world.users, manifest,
+                         extra=lambda tmp: world.ground_truth.save(tmp / GROUND_TRUTH_DIR))  # fmt: skip
+
+
+def log_events(log: FeedbackLog, base: Dataset, count: int, start: dt.datetime) -> None:
+    users = pd.read_parquet(base.path / "users.parquet")["user_id"].tolist()
+    items = pd.read_parquet(base.path / "items.parquet")["item_id"].tolist()
+    offset = len(log)
+    log.append([
+        FeedbackEvent(event_id=f"live-{offset + n}", user_id=users[n % len(users)], item_id=items[n % len(items)],
+                      event_timestamp=start + dt.timedelta(seconds=10 * n), clicked=n % 3 == 0, variant="stable")
+        for n in range(count)
+    ])  # fmt: skip
+
+
+def test_feedback_is_folded_in_after_the_data_in_order_and_only_once(base, tmp_path):
+    live = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)  # wall-clock, months after the world's days
+    with FeedbackLog(tmp_path / "events.jsonl") as log:
+        log_events(log, base, 30, live)
+        first, folded = fold_feedback(base, log, tmp_path / "first")
+        assert folded == 30
+        added = first.read_events(start=base.days()[-1] + dt.timedelta(days=1))
+        assert len(added) == 30 and added["event_id"].str.startswith("live-").all()
+        assert added["event_timestamp"].min() == pd.Timestamp(base.days()[-1] + dt.timedelta(days=1), tz="UTC")
+        assert added.sort_values("event_timestamp")["event_id"].tolist() == [f"live-{n}" for n in range(30)]
+        assert added["event_timestamp"].diff().dropna().eq(pd.Timedelta(seconds=10)).all()  # spacing kept
+        assert len(first.read_events()) == len(base.read_events()) + 30
+        assert first.manifest["feedback_folds"][-1]["last_sequence"] == 30 and first.manifest["scale"] == "tiny"
+        assert sorted(p.name for p in first.ground_truth_dir.iterdir()) == sorted(p.name for p in base.ground_truth_dir.iterdir())
+
+        log_events(log, base, 5, live + dt.timedelta(hours=1))
+        second, folded = fold_feedback(first, log, tmp_path / "second")
+        assert folded == 5  # the 30 the first fold holds are not trained on twice
+        assert len(second.read_events()) == len(first.read_events()) + 5
+        with pytest.raises(ValueError, match="no events after position 35"):
+            fold_feedback(second, log, tmp_path / "third")
+    assert not (tmp_path / "third").exists()
+
+
+def test_the_training_dataset_comes_from_the_model_card(base):
+    assert training_dataset({"version": "v1", "data": {"dataset": str(base.path)}}).path == base.path
+    with pytest.raises(ValueError, match="does not record its dataset"):
+        training_dataset({"version": "v0", "data": {}})
+    with pytest.raises(FileNotFoundError, match="which is gone"):
+        training_dataset({"version": "v1", "data": {"dataset": str(base.path / "missing")}})
+
+
+class FakePrometheus:
+    """Answers the drift query as Prometheus' HTTP API would (the real one is exercised on the platform)."""
+
+    def __init__(self, value: float | None):
+        self.value = value
+
+    def query(self, promql: str) -> list[dict]:
+        assert promql == 'max(recflow_drift_detected{job="monitor"})'
+        return [] if self.value is None else [{"metric": {}, "value": [0, str(self.value)]}]
+
+
+def test_the_trigger_fires_on_drift_or_schedule_only():
+    drift_only = RetrainConfig()
+    assert trigger_reason(FakePrometheus(1.0), drift_only, 0) == "drift"
+    assert trigger_reason(FakePrometheus(0.0), drift_only, 10**9) is None
+    assert trigger_reason(FakePrometheus(None), drift_only, 0) is None  # no monitor scraped yet
+    scheduled = RetrainConfig(on_drift=False, every_hours=24)
+    assert trigger_reason(FakePrometheus(1.0), scheduled, 3600) is None
+    assert trigger_reason(FakePrometheus(0.0), scheduled, 24 * 3600) == "schedule"
+    with pytest.raises(ValueError, match="extra"):
+        RetrainConfig(on_drfit=True)
+
+
+def test_history_snapshots_of_folded_days_hold_the_folds_log_position(base, tmp_path):
+    """So a feedback service replaying its log into a store materialized from them skips those clicks."""
+    live = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
+    with FeedbackLog(tmp_path / "events.jsonl") as log:
+        log_events(log, base, 30, live)
+        folded, _ = fold_feedback(base, log, tmp_path / "folded")
+        log_events(log, base, 30, live + dt.timedelta(hours=1))
+        twice, _ = fold_feedback(folded, log, tmp_path / "twice")
+    compute_features(twice, tmp_path / "offline")
+    positions = feedback_positions(twice)
+    first_fold, second_fold = (dt.date.fromisoformat(f["replayed_onto"]) for f in twice.manifest["feedback_folds"])
+    assert [positions(base.days()[-1]), positions(first_fold), positions(second_fold)] == [0, 30, 60]
+    history = {path.stem: pd.read_parquet(path) for path in (tmp_path / "offline" / "user_history").glob("*.parquet")}
+    assert set(history[base.days()[-1].isoformat()]["user_feedback_seq"]) == {0}
+    assert set(history[first_fold.isoformat()]["user_feedback_seq"]) == {30}
+    assert set(history[second_fold.isoformat()]["user_feedback_seq"]) == {60}
