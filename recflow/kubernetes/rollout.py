@@ -5,8 +5,8 @@
                              ClusterRolloutConfig(prometheus_url="http://prometheus.monitoring:9090"),
                              RolloutConfig(), "rollout.jsonl")
 
-The steps, the analysis, hold/advance/promote/rollback and the decision log
-are :func:`recflow.rollout.controller.run_rollout`'s, as for ``recflow
+The steps, the analysis, hold/advance/promote/rollback, the decision log and
+applying the outcome are :func:`recflow.rollout.controller.carry_out`'s, as for ``recflow
 rollout`` on the local platform. Here the traffic backend is the
 InferenceService (:mod:`recflow.kubernetes.inferenceservice`, Serverless or
 Standard mode) and each interval's figures come from the cluster's Prometheus
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.kubernetes import current_namespace, load_client_config
 from recflow.kubernetes.inferenceservice import InferenceService, ServerlessCanary, StandardCanary
-from recflow.rollout.controller import RolloutConfig, RolloutResult, run_rollout
+from recflow.rollout.controller import RolloutConfig, RolloutResult, carry_out
 from recflow.rollout.prometheus import Prometheus, variant_metrics
 
 
@@ -71,14 +71,9 @@ def rollout_inferenceservice(
     try:
         backend.start_canary(candidate_uri)
         selectors = backend.selectors()
-        result = run_rollout(backend, lambda variant: variant_metrics(prometheus, selectors[variant], window),
-                             config, log_path, sleep=sleep)  # fmt: skip
-    except BaseException:  # interrupted or failed: the canary must not keep its users
+    except BaseException:  # a canary that never got ready: it must not keep the users it was given
         if backend.started:
             backend.roll_back()
         raise
-    if result.outcome == "promoted":
-        backend.promote()
-    else:
-        backend.roll_back()
-    return result
+    return carry_out(backend, lambda variant: variant_metrics(prometheus, selectors[variant], window),
+                     config, log_path, sleep=sleep)  # fmt: skip

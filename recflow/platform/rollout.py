@@ -2,7 +2,7 @@
 
     recflow rollout --candidate DIR [--steps 5,25,50,100] [--interval 30] [--report rollout.html]
 
-The decisions are :func:`recflow.rollout.controller.run_rollout`'s, the same
+The decisions, and applying them, are :func:`recflow.rollout.controller.carry_out`'s, the same
 for every platform; here is the local backend: :class:`LocalBackend` asks
 the running platform's supervisor (its control port) to start the canary
 server, move its share of users, promote it or roll it back, and each
@@ -30,7 +30,7 @@ import yaml
 from recflow.platform.commands import CONFIG_FILE
 from recflow.platform.config import PlatformConfig
 from recflow.platform.state import PlatformState, alive, platform_directory
-from recflow.rollout.controller import RolloutConfig, RolloutResult, render_report, run_rollout
+from recflow.rollout.controller import RolloutConfig, RolloutResult, carry_out, render_report
 from recflow.rollout.faults import bad_model_bundle, serving_fault
 from recflow.rollout.prometheus import Prometheus, variant_metrics
 from serving.config import ServingConfig
@@ -114,15 +114,7 @@ def rollout(
     if inject_fault is not None:
         candidate, serving_config = _faulty(candidate, inject_fault, backend.config.serving_config, directory)
     backend.start_canary(candidate, serving_config)
-    try:
-        result = run_rollout(backend, lambda variant: variant_metrics(prometheus, variant, window), config, log_path)
-    except BaseException:  # interrupted or failed: the canary must not keep its users
-        backend.roll_back()
-        raise
-    if result.outcome == "promoted":
-        backend.promote()
-    else:
-        backend.roll_back()
+    result = carry_out(backend, lambda variant: variant_metrics(prometheus, variant, window), config, log_path)
     report.parent.mkdir(parents=True, exist_ok=True)
     return result, render_report(log_path, report)
 

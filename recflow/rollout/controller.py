@@ -42,6 +42,14 @@ class TrafficBackend(Protocol):
     def set_canary_percent(self, percent: int) -> None: ...
 
 
+class RolloutBackend(TrafficBackend, Protocol):
+    """A backend that can also make the canary the stable model, or remove it."""
+
+    def promote(self) -> None: ...
+
+    def roll_back(self) -> None: ...
+
+
 class RolloutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -107,6 +115,31 @@ def run_rollout(
             if action == "advance":
                 step_index, holds = step_index + 1, 0
                 backend.set_canary_percent(steps[step_index])
+
+
+def carry_out(
+    backend: RolloutBackend,
+    measure: Callable[[str], VariantMetrics],
+    config: RolloutConfig,
+    log_path: str | Path,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RolloutResult:
+    """:func:`run_rollout` on a started canary, and its outcome applied, on every backend alike.
+
+    Promoted: ``backend.promote()``. Rolled back, and equally when anything
+    interrupts the rollout (an error, Ctrl-C): ``backend.roll_back()``, so a
+    canary never keeps its users without a verdict.
+    """
+    try:
+        result = run_rollout(backend, measure, config, log_path, sleep=sleep)
+    except BaseException:
+        backend.roll_back()
+        raise
+    if result.outcome == "promoted":
+        backend.promote()
+    else:
+        backend.roll_back()
+    return result
 
 
 def read_log(log_path: str | Path) -> list[dict]:
