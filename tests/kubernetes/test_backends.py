@@ -21,6 +21,7 @@ import signal
 from pathlib import Path
 
 import jsonschema
+import kubernetes_validate
 import numpy as np
 import pandas as pd
 import pytest
@@ -217,7 +218,6 @@ def test_trainjob_runs_the_training_step_and_returns_its_model(tmp_path, trainin
     pod_spec = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert pod_spec["volumes"] == [{"name": "recflow-workspace", "persistentVolumeClaim": {"claimName": "recflow-workspace"}}]
     assert pod_spec["containers"][0]["volumeMounts"] == [{"name": "recflow-workspace", "mountPath": str(tmp_path / "volume")}]
-    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed yet")
     trainer_pod_manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-node-0-0"}, "spec": {
         "volumes": pod_spec["volumes"],
         "containers": [{"name": "node", "image": trainer["image"], "command": trainer["command"], "env": trainer["env"],
