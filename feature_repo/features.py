@@ -127,35 +127,45 @@ user_history = FeatureView(
 # idempotent, never a model input.
 MODEL_HISTORY_FEATURES = ["user_recent_item_ids", "user_last_click_ts"]
 
+# Smoothed CTRs and log popularity, computed identically offline and online.
+# Feast stores each function's source, so it may use only its own locals and
+# the imports Feast provides (pandas, numpy). The prior (1 click in 20
+# impressions) pulls a user or item with few impressions towards a typical CTR
+# instead of a noisy 0 or 1. One view per entity, not one over both: a view
+# that reads one entity's features is computed once per entity where serving
+# joins the sides (the user's few rows per request, the item snapshot once),
+# not once per (user, candidate) row.
+
+
+@on_demand_feature_view(sources=[user_engagement], schema=[Field(name="user_ctr_7d_smoothed", dtype=Float64)])
+def user_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
+    """The user's smoothed 7-day CTR."""
+    prior_clicks, prior_impressions = 1.0, 20.0
+    clicks = inputs["user_clicks_7d"].fillna(0).astype("float64")
+    impressions = inputs["user_impressions_7d"].fillna(0).astype("float64")
+    return pd.DataFrame({"user_ctr_7d_smoothed": (clicks + prior_clicks) / (impressions + prior_impressions)})
+
+
 @on_demand_feature_view(
-    sources=[user_engagement, item_stats],
+    sources=[item_stats],
     schema=[
-        Field(name="user_ctr_7d_smoothed", dtype=Float64),
         Field(name="item_ctr_7d_smoothed", dtype=Float64),
         Field(name="item_log_popularity_28d", dtype=Float64),
     ],
 )
-def engagement_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Smoothed CTRs and log popularity, computed identically offline and online.
-
-    Feast stores this function's source, so it may use only its own locals and
-    the imports Feast provides (pandas, numpy). The prior (1 click in 20
-    impressions) pulls a user or item with few impressions towards a typical
-    CTR instead of a noisy 0 or 1.
-    """
+def item_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
+    """The item's smoothed 7-day CTR and log 28-day clicks."""
     import numpy as np
 
     prior_clicks, prior_impressions = 1.0, 20.0
-    user_clicks = inputs["user_clicks_7d"].fillna(0).astype("float64")
-    user_imps = inputs["user_impressions_7d"].fillna(0).astype("float64")
-    item_clicks = inputs["item_clicks_7d"].fillna(0).astype("float64")
-    item_imps = inputs["item_impressions_7d"].fillna(0).astype("float64")
-    item_clicks_28d = inputs["item_clicks_28d"].fillna(0).astype("float64")
-    out = pd.DataFrame(index=inputs.index)
-    out["user_ctr_7d_smoothed"] = (user_clicks + prior_clicks) / (user_imps + prior_impressions)
-    out["item_ctr_7d_smoothed"] = (item_clicks + prior_clicks) / (item_imps + prior_impressions)
-    out["item_log_popularity_28d"] = np.log1p(item_clicks_28d)
-    return out
+    clicks = inputs["item_clicks_7d"].fillna(0).astype("float64")
+    impressions = inputs["item_impressions_7d"].fillna(0).astype("float64")
+    return pd.DataFrame(
+        {
+            "item_ctr_7d_smoothed": (clicks + prior_clicks) / (impressions + prior_impressions),
+            "item_log_popularity_28d": np.log1p(inputs["item_clicks_28d"].fillna(0).astype("float64")),
+        }
+    )
 
 
 retrieval_v1 = FeatureService(
@@ -167,5 +177,8 @@ retrieval_v1 = FeatureService(
 ranking_v1 = FeatureService(
     name="ranking_v1",
     description="Ranking: everything retrieval reads plus the on-demand engagement ratios",
-    features=[user_profile, user_engagement, user_history[MODEL_HISTORY_FEATURES], item_profile, item_stats, engagement_ratios],
+    features=[
+        user_profile, user_engagement, user_history[MODEL_HISTORY_FEATURES], item_profile, item_stats,
+        user_ratios, item_ratios,
+    ],
 )

@@ -37,6 +37,12 @@ class ServingConfig(BaseModel):
     max_users_per_request: int = Field(64, ge=1, description="Instances (V1) or user ids (V2) in one request")
     max_excluded_items: int = Field(1000, ge=0, description="exclude_item_ids per instance")
     max_batch_users: int = Field(64, ge=1, description="Users the micro-batcher puts into one model call")
+    batch_gather_ms: float = Field(
+        2.0,
+        ge=0,
+        description="How long a batch waits for the requests its predecessor answered to come back "
+        "(never longer than this, and not at all when the last batch was a single request)",
+    )
     feature_deadline_ms: float = Field(
         100.0, gt=0, description="Online feature read budget; beyond it the batch gets popular items"
     )

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.type_map import feast_value_type_to_python_type
 
 from recflow.features.compute import FEEDBACK_SEQ_COLUMN, epoch_seconds, extend_history
 from recflow.features.training_set import entity_feature_refs, fill_missing, service_features
@@ -46,28 +49,56 @@ class UserFeatures:
 
 
 class UserFeatureReader:
-    """Reads the user side of one feature service from the online store."""
+    """Reads the user side of one feature service from the online store.
+
+    Per feature view, one ``online_read`` of the store behind Feast's
+    provider, the call ``FeatureStore.get_online_features`` makes for each
+    view too, on SQLite and Redis alike. The public call adds per-row
+    bookkeeping (entity-row dictionaries, response protos, on-demand views
+    this read never asks for): for 8 users it cost 1.1 ms against 0.45 ms
+    for the reads themselves, on every request the model server answers.
+    Values are converted by Feast's own type map, and nothing else differs:
+    Feast's online read applies no TTL either.
+    """
 
     def __init__(self, store, service_name: str) -> None:
         self.store = store
         self.service_name = service_name
-        self.refs = entity_feature_refs(store, service_name, "user")
-        if not self.refs:
+        refs = entity_feature_refs(store, service_name, "user")
+        if not refs:
             raise ValueError(f"feature service {service_name!r} has no user features")
+        # (feature view, its features asked for), in the service's order.
+        self.views: list[tuple[object, list[str]]] = []
+        for ref in refs:
+            view, feature = ref.split(":", 1)
+            if not self.views or self.views[-1][0].name != view:
+                self.views.append((store.get_feature_view(view), []))
+            self.views[-1][1].append(feature)
         types = service_features(store, service_name)
-        self.names = [ref.split(":", 1)[1] for ref in self.refs]
+        self.names = [feature for _, features in self.views for feature in features]
         self.types = {name: types[name] for name in self.names}
+        self._provider = store._get_provider()  # Feast has no public per-view read
 
     def read(self, user_ids: list[str]) -> UserFeatures:
-        response = self.store.get_online_features(
-            features=self.refs, entity_rows=[{"user_id": user} for user in user_ids]
-        ).to_dict(include_event_timestamps=True)
-        # Feast reports 0 as the timestamp of a value it holds no row for.
-        stamps = np.array([response[name + TIMESTAMP_SUFFIX] for name in self.names], dtype=np.float64)
-        newest = stamps.max(axis=0) if len(user_ids) else np.zeros(0)
+        keys = [EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user)]) for user in user_ids]
+        columns: dict[str, list] = {}
+        newest = np.zeros(len(user_ids))
+        for view, features in self.views:
+            rows = self._provider.online_read(
+                config=self.store.config, table=view, entity_keys=keys, requested_features=features
+            )
+            for feature in features:
+                columns[feature] = [
+                    None if values is None or feature not in values else feast_value_type_to_python_type(values[feature])
+                    for _, values in rows
+                ]
+            stamps = [stamp.timestamp() if stamp is not None else 0.0 for stamp, _ in rows]
+            newest = np.maximum(newest, stamps)
         known = newest > 0
-        frame = pd.DataFrame({"user_id": list(user_ids), **{name: response[name] for name in self.names}})
-        return UserFeatures(fill_missing(frame, self.types), known, np.where(known, newest, np.nan))
+        frame = pd.DataFrame({"user_id": list(user_ids), **{name: columns[name] for name in self.names}})
+        # Known users with every value, the common case, have nothing to fill.
+        absent = any(value is None for values in columns.values() for value in values)
+        return UserFeatures(fill_missing(frame, self.types) if absent else frame, known, np.where(known, newest, np.nan))
 
 
 def push_clicks(store, clicks: pd.DataFrame) -> pd.DataFrame:

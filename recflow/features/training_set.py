@@ -19,6 +19,8 @@ first snapshot), so the row count is checked and a mismatch fails loudly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -192,8 +194,33 @@ def entity_features_as_of(store, service_name: str, entity: str, ids: list[str],
     return fill_missing(ordered, features).drop(columns=["event_timestamp"])
 
 
-def on_demand_transforms(store, service_name: str) -> list:
-    """The service's on-demand feature transformations, as functions of a frame.
+@dataclass(frozen=True)
+class OnDemandTransform:
+    """One on-demand feature view of a service: its transformation and the entities its inputs are keyed by.
+
+    ``entities`` holds the entities of its source feature views, plus
+    ``"request"`` when it reads request data (``"on_demand"`` when a source
+    is another on-demand view). A transform of one entity's
+    features alone (``side``) gives each entity the same output in every row
+    it appears in, so where serving joins users with candidates it is
+    computed once per user or per snapshot item instead of once per pair.
+    """
+
+    name: str
+    function: Callable[[pd.DataFrame], pd.DataFrame]
+    entities: frozenset[str]
+
+    @property
+    def side(self) -> str | None:
+        """The one entity whose features the transform reads, or None if it reads more."""
+        return next(iter(self.entities)) if len(self.entities) == 1 else None
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self.function(frame)
+
+
+def on_demand_transforms(store, service_name: str) -> list[OnDemandTransform]:
+    """The service's on-demand feature transformations, in the service's order.
 
     Offline, Feast computes them inside the point-in-time join; where user and
     item features meet outside Feast (the ranking stage scoring candidates from
@@ -201,8 +228,17 @@ def on_demand_transforms(store, service_name: str) -> list:
     """
     service = store.get_feature_service(service_name)
     on_demand = {view.name: view for view in store.list_on_demand_feature_views()}
-    return [
-        on_demand[projection.name].feature_transformation.transform
-        for projection in service.feature_view_projections
-        if projection.name in on_demand
-    ]
+    views = {view.name: view for view in store.list_feature_views()}
+    transforms = []
+    for projection in service.feature_view_projections:
+        if projection.name not in on_demand:
+            continue
+        view = on_demand[projection.name]
+        entities = set()
+        for source in view.source_feature_view_projections.values():
+            # Another on-demand view as a source: its inputs are not traced, so this one counts as joint.
+            entities.update(views[source.name].entities if source.name in views else ["on_demand"])
+        if view.source_request_sources:
+            entities.add("request")
+        transforms.append(OnDemandTransform(view.name, view.feature_transformation.transform, frozenset(entities)))
+    return transforms

@@ -165,8 +165,7 @@ class OnlineRecommender:
             return [self._popular(query, reason, set(query.exclude)) for query in queries], trace
         if len(features.frame) != len(queries):
             raise ValueError(f"{len(features.frame)} feature rows for {len(queries)} queries")
-        histories = features.frame[HISTORY_COLUMN] if HISTORY_COLUMN in features.frame else [()] * len(queries)
-        excluded = [set(query.exclude) | set(history) for query, history in zip(queries, histories)]
+        excluded = [set(query.exclude) | seen for query, seen in zip(queries, seen_items(features.frame))]
         answers: list[Answer | None] = [None] * len(queries)
         known = np.flatnonzero(features.known)
         for row in np.flatnonzero(~features.known):
@@ -194,6 +193,13 @@ class OnlineRecommender:
 
     def _popular(self, query: Query, reason: str, exclude: set[str]) -> Answer:
         return Answer(query.user_id, self.bundle.popular.top(query.k, exclude), reason)
+
+
+def seen_items(users: pd.DataFrame) -> list[set[str]]:
+    """The items each user (a row of online user features) must not be served again: their recent history."""
+    if HISTORY_COLUMN not in users:
+        return [set() for _ in range(len(users))]
+    return [set(history) for history in users[HISTORY_COLUMN]]
 
 
 def _distinct_user_rounds(user_ids: list[str]) -> list[np.ndarray]:

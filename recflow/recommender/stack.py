@@ -29,6 +29,8 @@ CATEGORY_COLUMN = "item_category"
 # Columns of the ranking frame that belong to a (user, candidate) row, not to either side.
 RETRIEVAL_SCORE = "retrieval_score"
 TIMESTAMP = "event_timestamp"
+# The entities of the two sides the ranking frame joins (the feature repository's names).
+USER_ENTITY, ITEM_ENTITY = "user", "item"
 
 
 class StackConfig(BaseModel):
@@ -78,7 +80,11 @@ class RecommenderStack:
     def __init__(
         self, retrieval, index, ranker, items: pd.DataFrame, config: StackConfig, transforms=(), exact_vectors=None
     ):
-        """``transforms``: functions adding derived columns (on-demand features) to the ranking frame.
+        """``transforms``: the on-demand feature transforms of the ranker's feature service
+        (:class:`~recflow.features.training_set.OnDemandTransform`). One that
+        reads the item's features alone runs here, once over the snapshot;
+        one that reads the user's alone runs per request on its few users;
+        only one that combines both runs on the (user, candidate) rows.
 
         ``exact_vectors``: the index's item vectors and biases, in its item
         order (the bundle's ``item_embeddings.npy``, ``item_bias.npy``), for
@@ -91,7 +97,8 @@ class RecommenderStack:
         self.ranker = ranker if config.use_ranker else None
         self.items = items.set_index("item_id", drop=False)
         self.config = config
-        self.transforms = list(transforms)
+        self._user_transforms = [t for t in transforms if t.side == USER_ENTITY]
+        self._joint_transforms = [t for t in transforms if t.side not in (USER_ENTITY, ITEM_ENTITY)]
         if not self.items.index.is_unique:
             raise ValueError("the item snapshot lists an item_id more than once")
         self._item_ids = np.array(index.item_ids, dtype=str)  # re-ranking reads ids as a numpy string array
@@ -99,8 +106,9 @@ class RecommenderStack:
         self._snapshot_rows = self.items.index.get_indexer(index.item_ids)
         self._categories = np.append(self.items[CATEGORY_COLUMN].to_numpy(), np.nan)[self._snapshot_rows]
         if self.ranker is not None:
+            items = _with_outputs(items.reset_index(drop=True), [t for t in transforms if t.side == ITEM_ENTITY])
             self._ranker_items = self.ranker.encode_columns(items)
-            self._item_columns = {name: column for name, column in self.items.reset_index(drop=True).items()}
+            self._item_columns = {name: column for name, column in items.items()}
 
     def recommend(
         self,
@@ -187,31 +195,42 @@ class RecommenderStack:
     ) -> np.ndarray:
         """The ranker's score of every (user, candidate) row, from the users and the encoded snapshot.
 
-        The on-demand transforms are the one part that reads joined rows: a
-        transform may combine user and item columns (and the timestamp) in
-        any way, so it gets exactly the frame it got before, every user and
-        item column gathered to every row, and its output columns are scored
-        as per-row columns. Everything else is encoded once per user or per
-        snapshot item (``Ranker.score_candidates``).
+        The user-side on-demand features are added to the few users; the
+        item-side ones are in the encoded snapshot. Only a transform that
+        combines user and item columns (or the request time) reads joined
+        rows: it gets every user and item column gathered to every row, and
+        its output columns are scored as per-row columns. Everything else is
+        encoded once per user or per snapshot item (``Ranker.score_candidates``).
         """
         item_rows = self._snapshot_rows[positions]
         if (item_rows < 0).any():
             missing = sorted({self.index.item_ids[p] for p in positions[item_rows < 0]})
             raise KeyError(f"candidates not in the stack's item snapshot: {missing[:5]}")
+        users = _with_outputs(users, self._user_transforms)
         rows = {RETRIEVAL_SCORE: retrieval_scores, TIMESTAMP: at}
-        if self.transforms:
+        if self._joint_transforms:
             joined = {name: _take(column, user_rows) for name, column in users.items()}
             joined.update((name, _take(column, item_rows)) for name, column in self._item_columns.items())
             # copy=False: the arrays are this request's own; pandas would copy them into blocks.
             frame = pd.DataFrame({**joined, **rows}, copy=False)
             rows = {RETRIEVAL_SCORE: frame[RETRIEVAL_SCORE], TIMESTAMP: frame[TIMESTAMP]}
-            for number, transform in enumerate(self.transforms, start=1):
+            for number, transform in enumerate(self._joint_transforms, start=1):
                 output = transform(frame)
                 rows.update(output.items())
-                if number < len(self.transforms):  # a later transform may read an earlier one's columns
+                if number < len(self._joint_transforms):  # a later transform may read an earlier one's columns
                     frame = pd.concat([frame, output], axis=1)
         rows = pd.DataFrame(rows, copy=False)
         return self.ranker.score_candidates(rows, users, user_rows, self._ranker_items, item_rows)
+
+
+def _with_outputs(frame: pd.DataFrame, transforms) -> pd.DataFrame:
+    """``frame`` with the output columns of ``transforms`` (each sees the earlier ones'); outputs replace same-named columns."""
+    for transform in transforms:
+        output = transform(frame)
+        frame = frame.copy(deep=False)  # the caller's frame keeps its columns; no values are copied
+        for name, column in output.items():
+            frame[name] = column.array  # by position, dtype kept
+    return frame
 
 
 def _take(column: pd.Series, rows: np.ndarray):

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recflow.features.training_set import OnDemandTransform
 from recflow.ranking.model import RETRIEVAL_SCORE, RankerConfig, train_ranker
 from recflow.recommender.stack import RecommenderStack, StackConfig
 from recflow.reranking.rerank import RerankConfig, rerank_batch
@@ -138,27 +139,44 @@ def test_a_stronger_signal_for_a_category_moves_its_items_up(stack):
 # ----------------------------------------------------------------------------- the request path
 
 
-def _on_demand(frame: pd.DataFrame) -> pd.DataFrame:
-    """An on-demand transform, as Feast's are: a function of the joined (user, candidate) rows.
+def _user_side(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"user_log_clicks": np.log1p(frame["user_clicks_7d"])})
 
-    Its item_* column depends on the user too: only computing it row by row gets it right.
-    """
-    out = pd.DataFrame(index=frame.index)
-    out["user_log_clicks"] = np.log1p(frame["user_clicks_7d"])
-    out["item_ctr_for_user"] = frame["item_ctr_7d"] * np.log1p(frame["user_clicks_7d"])
-    return out
+
+def _item_side(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"item_ctr_squared": frame["item_ctr_7d"] ** 2})
+
+
+def _joint(frame: pd.DataFrame) -> pd.DataFrame:
+    """Its item_* column depends on the user too (and on the user-side output): only rows get it right."""
+    return pd.DataFrame({"item_ctr_for_user": frame["item_ctr_7d"] * frame["user_log_clicks"]})
+
+
+# On-demand transforms as the feature store describes them: the stack runs
+# the one-sided ones per user or per snapshot item, the joint one per row.
+TRANSFORMS = [
+    OnDemandTransform("user_side", _user_side, frozenset({"user"})),
+    OnDemandTransform("item_side", _item_side, frozenset({"item"})),
+    OnDemandTransform("joint", _joint, frozenset({"user", "item"})),
+]
+
+
+def _transformed(frame: pd.DataFrame) -> pd.DataFrame:
+    for transform in TRANSFORMS:
+        frame = pd.concat([frame, transform(frame)], axis=1)
+    return frame
 
 
 @pytest.fixture(scope="module")
 def transformed_stack(stack) -> RecommenderStack:
-    """The stack's retrieval with a ranker that also reads the transform's columns (and no column left out)."""
+    """The stack's retrieval with a ranker that also reads the transforms' columns (and no column left out)."""
     frame = _frame(seed=1)
     item_vectors, item_bias = stack.retrieval.item_vectors(frame)
     frame[RETRIEVAL_SCORE] = (stack.retrieval.user_vectors(frame) * item_vectors).sum(axis=1) + item_bias
-    frame = pd.concat([frame, _on_demand(frame)], axis=1)
-    ranker, _, _ = train_ranker(frame, RankerConfig(epochs=1, batch_size=256))
-    assert {"user_log_clicks", "item_ctr_for_user"} <= set(ranker.config.feature_spec.feature_columns())
-    return RecommenderStack(stack.retrieval, stack.index, ranker, _items(), stack.config, [_on_demand])
+    ranker, _, _ = train_ranker(_transformed(frame), RankerConfig(epochs=1, batch_size=256))
+    outputs = {"user_log_clicks", "item_ctr_squared", "item_ctr_for_user"}
+    assert outputs <= set(ranker.config.feature_spec.feature_columns())
+    return RecommenderStack(stack.retrieval, stack.index, ranker, _items(), stack.config, TRANSFORMS)
 
 
 def _straightforward(stack: RecommenderStack, users: pd.DataFrame, k: int, exclude, at) -> list:
@@ -182,8 +200,7 @@ def _straightforward(stack: RecommenderStack, users: pd.DataFrame, k: int, exclu
         axis=1,
     )
     frame["event_timestamp"] = at
-    for transform in stack.transforms:
-        frame = pd.concat([frame, transform(frame)], axis=1)
+    frame = _transformed(frame)
     candidates = pd.DataFrame(
         {
             "user_id": np.asarray(user_ids, dtype=object)[user_rows],
@@ -200,7 +217,8 @@ def _straightforward(stack: RecommenderStack, users: pd.DataFrame, k: int, exclu
 
 
 def test_recommend_equals_scoring_the_joined_frame(transformed_stack):
-    """Same items, same order, same scores as the plain path: known and new users, a user twice, exclusions."""
+    """Same items, same order, same scores as the plain path: known and new users, a user twice, exclusions,
+    and on-demand features computed per user, per snapshot item and per row."""
     stack = transformed_stack
     rng = np.random.default_rng(4)
     histories = [[f"i{i}" for i in rng.integers(0, ITEMS, rng.integers(0, 9))] for _ in range(10)]

@@ -67,7 +67,7 @@ def test_ranker_failure_serves_the_retrieval_order(setup):
     bundle, features, queries, at = setup
     stack = bundle.stack
     retrieval_only = RecommenderStack(
-        stack.retrieval, stack.index, None, stack.items, stack.config.model_copy(update={"use_ranker": False}), stack.transforms
+        stack.retrieval, stack.index, None, stack.items, stack.config.model_copy(update={"use_ranker": False})
     )
     seen = dict(zip(features.frame["user_id"], map(set, features.frame["user_recent_item_ids"])))
     expected = retrieval_only.recommend(features.frame, 10, seen, at)
