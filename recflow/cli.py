@@ -80,7 +80,6 @@ def cmd_import_movielens(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import tempfile
 
-    from recflow.data.validation import DataValidationError
     from recflow.pipeline import steps
 
     with tempfile.TemporaryDirectory(prefix="recflow-validate-") as scratch:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram, Info
 
+from recflow.monitoring.scores import SCORE_BUCKETS
+
 # Stage latencies are per model call (one micro-batch), in seconds.
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -31,7 +33,7 @@ BATCH_USERS = Histogram(
 SCORES = Histogram(
     "recflow_served_score",
     "Scores of the items the model stack served (fallback answers excluded)",
-    buckets=tuple(round(0.05 * i, 2) for i in range(1, 21)),
+    buckets=SCORE_BUCKETS,
 )
 FEATURE_AGE = Histogram(
     "recflow_feature_age_seconds",

@@ -11,6 +11,11 @@ rollout`` on the local platform. Here the traffic backend is the
 InferenceService (:mod:`recflow.kubernetes.inferenceservice`, Serverless or
 Standard mode) and each interval's figures come from the cluster's Prometheus
 with the selectors of the two revisions (or Deployments) the backend found.
+
+The bundles are behind storage URIs this process does not read, so the
+score check has no export-time histograms here: it falls back to the
+canary's live scores against the stable's (:mod:`recflow.rollout.analysis`),
+and its detail says so.
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ Export writes the reference into the bundle (``drift_reference.json``,
 follows the feedback log, compares the newest events of the model the stable
 variant serves with that model's reference, and exports the gauges the
 alerting rules and the retraining trigger read.
+
+The same lists give the bundle's served-score histogram
+(:class:`recflow.monitoring.scores.ScoreReference`, read by
+:func:`read_score_reference`): the canary analysis judges a model's live
+scores against the scores it gave at export (:mod:`recflow.rollout.analysis`).
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.feedback.log import FeedbackLog
 from recflow.monitoring.drift import DriftConfig, DriftReference, DriftReport, publish
+from recflow.monitoring.scores import SCORE_BUCKETS, ScoreReference, bucket_counts
 
 log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "drift_reference.json"
+SCORES_KEY = "served_scores"
 CLICKED = "clicked_category"
 SERVED = "served_category"
 CATEGORY_COLUMN = "item_category"
@@ -81,14 +88,22 @@ def fit_references(served_items: Sequence[str], categories: pd.Series, config: M
 
 
 def bundle_references(dataset, stack, store, service: str, snapshot_at: pd.Timestamp, k: int, config: MonitorConfig):
-    """The references of a bundle being exported, and the window they describe.
+    """The references of a bundle being exported, its served-score histogram, and the window they describe.
 
     ``stack`` (the bundle's, with its on-demand transforms) serves its top-k
-    to the ``reference_users`` who clicked most recently in the dataset's
-    last ``reference_days``, with their features as of ``snapshot_at``, the
-    instant the bundle's item snapshot is taken.
+    with the users' features as of ``snapshot_at``, the instant the bundle's
+    item snapshot is taken:
+
+    - for the drift references, to the ``reference_users`` who clicked most
+      recently in the dataset's last ``reference_days``: the categories of
+      recent interest;
+    - for the score histogram, to as many users drawn uniformly from all the
+      dataset's users, their seen items excluded, as live traffic is served:
+      users who never clicked score differently from recent clickers, and a
+      reference without them would differ from any sound model's live scores.
     """
     from recflow.features.training_set import entity_features_as_of
+    from recflow.recommender.online import seen_items
 
     days = dataset.days()
     start = days[max(len(days) - config.reference_days, 0)]
@@ -102,13 +117,23 @@ def bundle_references(dataset, stack, store, service: str, snapshot_at: pd.Times
     served = [item for items in stack.recommend(features, k, {}, snapshot_at) for item, _ in items]
     categories = pd.Series(stack.items[CATEGORY_COLUMN].astype(str).to_numpy(), index=stack.items["item_id"].astype(str))
     window = {"from": start.isoformat(), "to": days[-1].isoformat(), "users": len(users), "k": k, "items": len(served)}
-    return fit_references(served, categories, config), window
+
+    everyone = dataset.read_users()["user_id"].astype(str).drop_duplicates()
+    drawn = everyone.sample(n=min(config.reference_users, len(everyone)), random_state=0).tolist()
+    features = entity_features_as_of(store, service, "user", drawn, snapshot_at)
+    lists = stack.recommend(features, k, dict(zip(features["user_id"].astype(str), seen_items(features))), snapshot_at)
+    scores = ScoreReference(bucket_counts(score for items in lists for _, score in items), sum(1 for items in lists if items))
+    return fit_references(served, categories, config), scores, window
 
 
-def write_reference(bundle: Path, references: dict[str, DriftReference], window: dict) -> Path:
-    """``drift_reference.json`` in the bundle: both references and the window they describe."""
+def write_reference(bundle: Path, references: dict[str, DriftReference], scores: ScoreReference, window: dict) -> Path:
+    """``drift_reference.json`` in the bundle: both references, the served-score histogram, the window they describe."""
     path = Path(bundle) / REFERENCE_FILE
-    document = {"window": window, "references": {name: reference.to_dict() for name, reference in references.items()}}
+    document = {
+        "window": window,
+        "references": {name: reference.to_dict() for name, reference in references.items()},
+        SCORES_KEY: {"buckets": list(SCORE_BUCKETS), "counts": list(scores.counts), "answers": scores.answers},
+    }
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 
@@ -124,6 +149,15 @@ def read_references(bundle: Path, config: MonitorConfig) -> dict[str, DriftRefer
         reference = DriftReference.from_dict(data)
         references[name] = DriftReference(config.drift_config(name), reference.edges, reference.shares, reference.rows)
     return references
+
+
+def read_score_reference(bundle: Path) -> ScoreReference | None:
+    """A bundle's served-score histogram at export; None if the bundle predates it, or it is empty or over other buckets."""
+    path = Path(bundle) / REFERENCE_FILE
+    stored = json.loads(path.read_text()).get(SCORES_KEY) if path.is_file() else None
+    if stored is None or tuple(stored["buckets"]) != SCORE_BUCKETS or sum(stored["counts"]) <= 0:
+        return None
+    return ScoreReference(tuple(stored["counts"]), stored["answers"])
 
 
 def bundle_categories(bundle: Path) -> pd.Series:

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from recflow.data.dataset import FEEDBACK_FOLDS, GROUND_TRUTH_DIR, Dataset, write_dataset
 from recflow.data.validation import DataValidationError, validate_dataset
@@ -454,10 +453,10 @@ def export_bundle(
     The bundle holds the two-tower model (``model/``), the ranker
     (``ranker/``), the serve-time item snapshot (features as of the end of the
     data) with its vectors and the ANN index built over them (``index/``), the
-    stack configuration (``stack.json``), the drift monitor's references
-    (``drift_reference.json``) and ``model_card.json`` with the
-    metrics, data, feature service, code version, parent model and the blessing
-    decision with its evidence.
+    stack configuration (``stack.json``), what the drift monitor and the
+    canary analysis compare live traffic with (``drift_reference.json``) and
+    ``model_card.json`` with the metrics, data, feature service, code
+    version, parent model and the blessing decision with its evidence.
     """
     from recflow.features.training_set import entity_features_as_of, on_demand_transforms
     from recflow.monitoring.live import MonitorConfig, bundle_references, write_reference
@@ -487,9 +486,11 @@ def export_bundle(
     np.save(out / "item_bias.npy", bias)
     stack.index.save(out / "index")
     save_config(config, out)
-    # What the drift monitor compares live traffic with (recflow.monitoring.live).
-    references, window = bundle_references(dataset, stack, feature_store, service, snapshot_at, evaluation["k"], MonitorConfig())
-    write_reference(out, references, window)
+    # What the drift monitor and the canary analysis compare live traffic with (recflow.monitoring.live).
+    references, scores, window = bundle_references(
+        dataset, stack, feature_store, service, snapshot_at, evaluation["k"], MonitorConfig()
+    )
+    write_reference(out, references, scores, window)
     card = build_model_card(out, evaluation, dataset.manifest, service, {"retrieval": model_info, "ranking": ranker_info}, snapshot_at)
     card["data"]["dataset"] = str(dataset.path.resolve())  # what a retraining builds on (recflow.pipeline.retrain)
     _write_json(out / "model_card.json", card)

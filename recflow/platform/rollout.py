@@ -7,9 +7,10 @@ for every platform; here is the local backend: :class:`LocalBackend` asks
 the running platform's supervisor (its control port) to start the canary
 server, move its share of users, promote it or roll it back, and each
 interval's figures come from the platform's Prometheus over a window equal
-to the interval. One rollout at a time: the supervisor refuses a second
-canary. If this process dies mid-rollout, the supervisor rolls the canary
-back by itself.
+to the interval; the score check reads both bundles' export-time score
+histograms (the stable's bundle as the platform state names it). One
+rollout at a time: the supervisor refuses a second canary. If this process
+dies mid-rollout, the supervisor rolls the canary back by itself.
 
 The decision log (JSON lines) and the HTML report go to
 ``<workspace>/platform/rollouts/<time>/`` unless ``report`` says otherwise.
@@ -27,9 +28,11 @@ from pathlib import Path
 
 import yaml
 
+from recflow.monitoring.live import read_score_reference
 from recflow.platform.commands import CONFIG_FILE
 from recflow.platform.config import PlatformConfig
 from recflow.platform.state import PlatformState, alive, platform_directory
+from recflow.rollout.analysis import ScoreReferences
 from recflow.rollout.controller import RolloutConfig, RolloutResult, carry_out, render_report
 from recflow.rollout.faults import bad_model_bundle, serving_fault
 from recflow.rollout.prometheus import Prometheus, variant_metrics
@@ -113,8 +116,13 @@ def rollout(
     serving_config = None
     if inject_fault is not None:
         candidate, serving_config = _faulty(candidate, inject_fault, backend.config.serving_config, directory)
+    # A bad-model drill's bundle is a copy: it carries the original's scores, which it must still match.
+    stable_bundle = backend.state.process("stable").bundle
+    references = ScoreReferences(read_score_reference(stable_bundle), read_score_reference(candidate))
     backend.start_canary(candidate, serving_config)
-    result = carry_out(backend, lambda variant: variant_metrics(prometheus, variant, window), config, log_path)
+    result = carry_out(
+        backend, lambda variant: variant_metrics(prometheus, variant, window), config, log_path, references=references
+    )
     report.parent.mkdir(parents=True, exist_ok=True)
     return result, render_report(log_path, report)
 

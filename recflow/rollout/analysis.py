@@ -16,13 +16,30 @@ own figures over the same interval (both see the same traffic mix):
      allowed margin, *and* significantly so (one-sided two-proportion z-test
      at ``significance``), so noise alone does not roll back;
    - p99 latency above ``max_p99_ratio`` times the stable's;
-   - score distribution: Jensen–Shannon divergence of the served-score
-     histograms above ``max_score_shift`` (a model that scores everything
-     alike, or inverted, shows here before any click does), and significantly
-     so (G-test of homogeneity, each answer counted once: the scores of one
-     answer are not independent draws), unless the canary's click-through is
-     significantly *higher* over the same interval: a better model scores
-     differently too, and clicks are the evidence that outranks the guard;
+   - score distribution: each model is judged against its own scores at
+     export (:class:`ScoreReferences`, the histograms the bundles carry).
+     A model spoiled after it was blessed (weights damaged, online features
+     skewed from offline ones) scores everything alike, or inverted, and
+     shows here before any click does; an honest retraining recalibrates its
+     scores, which a comparison with the stable model's scores would take
+     for the same fault. The canary's shift is the Jensen–Shannon divergence
+     of its live histogram from its export-time one, the stable's likewise;
+     the canary fails when its shift exceeds the stable's by more than
+     ``max_score_shift`` *and* its live histogram differs significantly from
+     its own reference (G-test of homogeneity, each answer counted once: the
+     scores of one answer are not independent draws). The stable's shift is
+     the yardstick of what live traffic does to a sound model's scores:
+     users and features unlike the reference users', the world drifting
+     since export. It is not a perfect one: the stable was exported earlier,
+     so the world has drifted further from its reference than from the
+     canary's, and the canary gets that much more room (it errs towards
+     advancing; the click-through check stays). A bundle without an
+     export-time histogram (exported before they were written, or not
+     readable from here: the cluster backend) falls back to the canary's
+     live histogram against the stable's, as the check's detail says;
+     there a better model scores differently too, so a click-through
+     significantly *higher* than the stable's over the same interval
+     overrules the shift;
    - click-through rate: lower than ``min_ctr_ratio`` times the stable's,
      and significantly so;
 3. otherwise -> ``advance`` to the next traffic step, or ``promote`` after
@@ -38,6 +55,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recflow.monitoring.drift import jensen_shannon
+from recflow.monitoring.scores import ScoreReference
 
 
 class AnalysisConfig(BaseModel):
@@ -50,7 +68,12 @@ class AnalysisConfig(BaseModel):
     max_error_rate_increase: float = Field(0.01, ge=0, description="Allowed absolute rise of the 5xx rate")
     max_fallback_rate_increase: float = Field(0.02, ge=0, description="Allowed absolute rise of the fallback rate")
     max_p99_ratio: float = Field(1.5, gt=0, description="Canary p99 at most this times the stable's")
-    max_score_shift: float = Field(0.1, gt=0, description="JS divergence (nats) of the served-score histograms")
+    max_score_shift: float = Field(
+        0.1,
+        gt=0,
+        description="JS (nats) the canary's scores may move from its export-time ones beyond the stable's from its own "
+        "(without export-time scores: from the stable's live ones)",
+    )
     min_ctr_ratio: float = Field(0.9, gt=0, description="Canary CTR at least this times the stable's")
 
     @field_validator("steps")
@@ -74,6 +97,14 @@ class VariantMetrics:
     clicks: float
     # Served-score histogram: counts per bucket, the same buckets for both variants.
     score_counts: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreReferences:
+    """Each variant's served-score histogram at export (its bundle's); None where there is none to read."""
+
+    stable: ScoreReference | None = None
+    canary: ScoreReference | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +140,13 @@ def one_sided_p_value(hits_a: float, n_a: float, hits_b: float, n_b: float) -> f
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def analyse(stable: VariantMetrics, canary: VariantMetrics, step: int, config: AnalysisConfig) -> Decision:
+def analyse(
+    stable: VariantMetrics,
+    canary: VariantMetrics,
+    step: int,
+    config: AnalysisConfig,
+    references: ScoreReferences = ScoreReferences(),
+) -> Decision:
     """What to do after an interval at canary traffic ``step`` (one of ``config.steps``)."""
     if step not in config.steps:
         raise ValueError(f"step {step} is not one of the configured steps {config.steps}")
@@ -125,10 +162,7 @@ def analyse(stable: VariantMetrics, canary: VariantMetrics, step: int, config: A
     ]
     enough_feedback = min(stable.impressions, canary.impressions) >= config.min_impressions
     if stable.score_counts and canary.score_counts:
-        # Significantly more clicks explain a different score distribution: a better model, not a broken one.
-        better_p = one_sided_p_value(canary.clicks, canary.impressions, stable.clicks, stable.impressions)
-        clicks_better = enough_feedback and better_p < config.significance
-        checks.append(_score_check(stable, canary, config.max_score_shift, config.significance, clicks_better, better_p))
+        checks.append(_score_check(stable, canary, references, config, enough_feedback))
     if enough_feedback:
         checks.append(_ctr_check(stable, canary, config))
     failed = [check for check in checks if not check.passed]
@@ -159,27 +193,58 @@ def _latency_check(canary_p99: float, stable_p99: float, max_ratio: float) -> Ch
 def _score_check(
     stable: VariantMetrics,
     canary: VariantMetrics,
-    max_shift: float,
-    significance: float,
-    clicks_better: bool = False,
-    better_p: float = 1.0,
+    references: ScoreReferences,
+    config: AnalysisConfig,
+    enough_feedback: bool,
 ) -> Check:
     if len(stable.score_counts) != len(canary.score_counts):
         raise ValueError("the two score histograms have different buckets")
-    stable_counts, canary_counts = np.asarray(stable.score_counts, float), np.asarray(canary.score_counts, float)
-    if stable_counts.sum() <= 0 or canary_counts.sum() <= 0:
+    if sum(stable.score_counts) <= 0 or sum(canary.score_counts) <= 0:
         return Check("score distribution", True, "no scores served on one side")
-    shift = jensen_shannon(stable_counts, canary_counts)
-    # Each answer once: an answer's k scores move together, so k times the answers would overstate the evidence.
+    missing = [name for name, reference in (("stable", references.stable), ("canary", references.canary)) if reference is None]
+    if missing:
+        return _live_score_check(stable, canary, config, enough_feedback, missing)
+    stable_counts, canary_counts = np.asarray(stable.score_counts, float), np.asarray(canary.score_counts, float)
+    for reference in (references.stable, references.canary):
+        if len(reference.counts) != len(canary_counts):
+            raise ValueError("a bundle's export-time score histogram has other buckets than the served scores")
+    stable_reference, canary_reference = np.asarray(references.stable.counts, float), np.asarray(references.canary.counts, float)
+    stable_shift = jensen_shannon(stable_reference, stable_counts)
+    canary_shift = jensen_shannon(canary_reference, canary_counts)
+    excess = canary_shift - stable_shift
     p = homogeneity_p_value(
-        stable_counts * min(1.0, stable.users / stable_counts.sum()),
-        canary_counts * min(1.0, canary.users / canary_counts.sum()),
+        _each_answer_once(canary_reference, references.canary.answers), _each_answer_once(canary_counts, canary.users)
     )
-    shifted = shift > max_shift and p < significance
-    detail = f"JS divergence {shift:.4f} (allowed {max_shift}, p={p:.3g})"
-    if shifted and clicks_better:
+    shifted = excess > config.max_score_shift and p < config.significance
+    detail = (
+        f"JS divergence from their export-time scores: canary {canary_shift:.4f}, stable {stable_shift:.4f} "
+        f"(canary's excess {excess:.4f}, allowed {config.max_score_shift}; canary vs its own p={p:.3g})"
+    )
+    return Check("score distribution", not shifted, detail)
+
+
+def _live_score_check(
+    stable: VariantMetrics, canary: VariantMetrics, config: AnalysisConfig, enough_feedback: bool, missing: list[str]
+) -> Check:
+    """The fallback without both export-time histograms: the canary's live scores against the stable's."""
+    stable_counts, canary_counts = np.asarray(stable.score_counts, float), np.asarray(canary.score_counts, float)
+    shift = jensen_shannon(stable_counts, canary_counts)
+    p = homogeneity_p_value(_each_answer_once(stable_counts, stable.users), _each_answer_once(canary_counts, canary.users))
+    shifted = shift > config.max_score_shift and p < config.significance
+    detail = (
+        f"no export-time score histogram in the {' and '.join(missing)} bundle, so canary vs stable live: "
+        f"JS divergence {shift:.4f} (allowed {config.max_score_shift}, p={p:.3g})"
+    )
+    # A better model scores differently too: significantly more clicks say better, not broken.
+    better_p = one_sided_p_value(canary.clicks, canary.impressions, stable.clicks, stable.impressions)
+    if shifted and enough_feedback and better_p < config.significance:
         return Check("score distribution", True, f"{detail}; overruled: click-through significantly higher (p={better_p:.3g})")
     return Check("score distribution", not shifted, detail)
+
+
+def _each_answer_once(counts: np.ndarray, answers: float) -> np.ndarray:
+    """``counts`` scaled to total at most ``answers``: an answer's k scores move together, k-fold would overstate the evidence."""
+    return counts * min(1.0, answers / counts.sum())
 
 
 def homogeneity_p_value(a, b) -> float:

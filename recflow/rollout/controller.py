@@ -14,6 +14,9 @@ over the last interval (:func:`recflow.rollout.prometheus.variant_metrics`);
 
 At the last step (100 %) the stable server has no users, so the canary's
 interval there is compared with the stable's last interval that had traffic.
+The caller hands over both bundles' export-time score histograms
+(:class:`recflow.rollout.analysis.ScoreReferences`), which the score check
+judges each model's live scores against.
 
 Every decision goes to a JSON-lines log with its evidence (both variants'
 figures and every check), and :func:`render_report` draws the HTML report:
@@ -35,7 +38,7 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.evaluation.report import png_data_uri
-from recflow.rollout.analysis import AnalysisConfig, VariantMetrics, analyse
+from recflow.rollout.analysis import AnalysisConfig, ScoreReferences, VariantMetrics, analyse
 
 
 class TrafficBackend(Protocol):
@@ -72,6 +75,7 @@ def run_rollout(
     config: RolloutConfig,
     log_path: str | Path,
     sleep: Callable[[float], None] = time.sleep,
+    references: ScoreReferences = ScoreReferences(),
 ) -> RolloutResult:
     """Drive one rollout to promotion or rollback; ``measure("stable"|"canary")`` gives an interval's figures."""
     log_path = Path(log_path)
@@ -89,7 +93,7 @@ def run_rollout(
             stable = measure("stable") if stable_now else last_stable
             last_stable = stable
             canary = measure("canary")
-            decision = analyse(stable, canary, steps[step_index], config.analysis)
+            decision = analyse(stable, canary, steps[step_index], config.analysis, references)
             action, reason = decision.action, decision.reason
             if action == "hold":
                 holds += 1
@@ -123,6 +127,7 @@ def carry_out(
     config: RolloutConfig,
     log_path: str | Path,
     sleep: Callable[[float], None] = time.sleep,
+    references: ScoreReferences = ScoreReferences(),
 ) -> RolloutResult:
     """:func:`run_rollout` on a started canary, and its outcome applied, on every backend alike.
 
@@ -131,7 +136,7 @@ def carry_out(
     canary never keeps its users without a verdict.
     """
     try:
-        result = run_rollout(backend, measure, config, log_path, sleep=sleep)
+        result = run_rollout(backend, measure, config, log_path, sleep=sleep, references=references)
     except BaseException:
         backend.roll_back()
         raise

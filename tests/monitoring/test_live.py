@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +11,21 @@ import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
 
+from recflow.data.dataset import Dataset
 from recflow.feedback.log import FeedbackEvent, FeedbackLog
 from recflow.monitoring.live import (
     CLICKED,
+    REFERENCE_FILE,
+    SCORES_KEY,
     SERVED,
     LiveDriftMonitor,
     MonitorConfig,
     fit_references,
     read_references,
+    read_score_reference,
     write_reference,
 )
+from recflow.monitoring.scores import SCORE_BUCKETS, ScoreReference
 
 CATEGORIES = [f"c{i}" for i in range(6)]
 ITEMS = pd.DataFrame({"item_id": [f"i{n}" for n in range(60)], "item_category": [CATEGORIES[n % 6] for n in range(60)]})
@@ -40,7 +46,8 @@ def make_bundle(root: Path, version: str, rng: np.random.Generator) -> Path:
     ITEMS.to_parquet(bundle / "item_features.parquet", index=False)
     categories = pd.Series(ITEMS["item_category"].to_numpy(), index=ITEMS["item_id"])
     references = fit_references(draw_items(rng, EVEN, 3000), categories, CONFIG)
-    write_reference(bundle, references, {"from": "2026-01-01", "to": "2026-01-03"})
+    scores = ScoreReference((0,) * 10 + (30,) * 10 + (0,), 50)
+    write_reference(bundle, references, scores, {"from": "2026-01-01", "to": "2026-01-03"})
     return bundle
 
 
@@ -122,8 +129,30 @@ def test_thresholds_come_from_the_monitors_config_not_the_stored_reference(setti
 
 
 def test_the_exported_bundle_carries_its_references(workspace):
-    """The tiny pipeline's bundle: clicks of its last days, and the stack's own lists for recent users."""
+    """The tiny pipeline's bundle: clicks of its last days, the stack's own lists for recent users, and its
+    scores for users drawn from all of the data's (the tiny world has fewer than ``reference_users``: all of them)."""
     references = read_references(workspace.bundle, MonitorConfig())
     assert set(references) == {CLICKED, SERVED}
     assert references[CLICKED].rows > 0 and references[SERVED].rows > 0
     assert abs(references[SERVED].shares[SERVED].sum() - 1) < 1e-9
+    scores = read_score_reference(workspace.bundle)
+    window = json.loads((workspace.bundle / REFERENCE_FILE).read_text())["window"]
+    assert len(scores.counts) == len(SCORE_BUCKETS) + 1
+    assert window["items"] == references[SERVED].rows
+    users = Dataset(Path(workspace.card["data"]["dataset"])).read_users()["user_id"].nunique()
+    assert scores.answers == min(users, MonitorConfig().reference_users)
+    assert 0 < sum(scores.counts) <= scores.answers * window["k"]  # every served item's score, once
+
+
+def test_a_bundle_without_export_time_scores_has_no_score_reference(setting, tmp_path):
+    *_, bundles = setting
+    assert read_score_reference(bundles / "v1") == ScoreReference((0,) * 10 + (30,) * 10 + (0,), 50)
+    path = bundles / "v1" / REFERENCE_FILE
+    document = json.loads(path.read_text())
+    document[SCORES_KEY]["buckets"] = [0.5, 1.0]  # counted over other buckets: not comparable
+    path.write_text(json.dumps(document))
+    assert read_score_reference(bundles / "v1") is None
+    del document[SCORES_KEY]  # exported before bundles carried their scores
+    path.write_text(json.dumps(document))
+    assert read_score_reference(bundles / "v1") is None and read_references(bundles / "v1", CONFIG) is not None
+    assert read_score_reference(tmp_path) is None

@@ -7,8 +7,10 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
+from recflow.monitoring.scores import ScoreReference
 from recflow.rollout.analysis import (
     AnalysisConfig,
+    ScoreReferences,
     VariantMetrics,
     analyse,
     chi2_survival,
@@ -18,6 +20,10 @@ from recflow.rollout.analysis import (
 
 CONFIG = AnalysisConfig()
 SCORES = (5, 20, 40, 60, 40, 20, 5)
+# A retrained model's scores: calibrated differently (JS 0.24 from SCORES).
+RECALIBRATED = (60, 40, 20, 5, 5, 20, 40)
+# SCORES two buckets higher (JS 0.18): what a change in the traffic can do to a sound model's scores.
+DRIFTED = (0, 1, 5, 20, 40, 60, 40)
 HEALTHY = VariantMetrics(
     requests=2000, errors=2, users=2000, fallbacks=10, p99_seconds=0.040, impressions=20000, clicks=2000, score_counts=SCORES
 )
@@ -122,13 +128,69 @@ def test_a_score_shift_needs_evidence_not_just_a_large_divergence():
     assert homogeneity_p_value([10, 20, 30], [10, 20, 30]) == pytest.approx(1.0)
 
 
-def test_significantly_more_clicks_overrule_a_score_shift_and_the_better_model_is_promoted():
-    shifted = dict(score_counts=(60, 40, 20, 5, 5, 20, 40))  # scores a different shape entirely
+def test_without_export_time_scores_more_clicks_overrule_a_shift_from_the_stables_scores():
+    shifted = dict(score_counts=RECALIBRATED)  # scores a different shape entirely
     better = canary(clicks=2600, **shifted)  # CTR 0.13 against 0.10 over 20,000 impressions each
     decision = analyse(HEALTHY, better, 100, CONFIG)
     check = next(c for c in decision.checks if c.name == "score distribution")
     assert decision.action == "promote" and "overruled: click-through significantly higher" in check.detail
+    assert "no export-time score histogram in the stable and canary bundle" in check.detail
     # The same shift with clicks no better, or too few impressions to tell: rolled back on the shift.
     assert analyse(HEALTHY, canary(**shifted), 100, CONFIG).action == "rollback"
     few = dataclasses.replace(better, impressions=400, clicks=52)
     assert analyse(dataclasses.replace(HEALTHY, impressions=400, clicks=40), few, 100, CONFIG).action == "rollback"
+
+
+def reference(counts, answers=1000) -> ScoreReference:
+    """An export-time histogram of ``answers`` lists (1,000 reference users, as export draws)."""
+    return ScoreReference(tuple(counts), answers)
+
+
+def score_check(stable: VariantMetrics, candidate: VariantMetrics, references: ScoreReferences, step: int = 25):
+    decision = analyse(stable, candidate, step, CONFIG, references)
+    return decision, next(c for c in decision.checks if c.name == "score distribution")
+
+
+def test_an_honest_recalibration_is_judged_against_its_own_scores_and_advances():
+    recalibrated = canary(score_counts=RECALIBRATED)  # clicks no better than the stable's: no overrule to lean on
+    decision, check = score_check(HEALTHY, recalibrated, ScoreReferences(reference(SCORES), reference(RECALIBRATED)))
+    assert decision.action == "advance" and check.passed, check.detail
+    assert "canary 0.0000, stable 0.0000" in check.detail
+    # Against the stable's scores, as before the bundles carried their own, the same canary was rolled back.
+    assert analyse(HEALTHY, recalibrated, 25, CONFIG).action == "rollback"
+
+
+def test_a_canary_spoiled_after_export_leaves_its_own_scores_and_is_rolled_back():
+    """The bad-model drill: a copy of the stable's bundle, so the stable's reference, with its ranker shuffled."""
+    spoiled = canary(score_counts=(0, 0, 0, 0, 0, 0, 190))
+    shared = ScoreReferences(reference(SCORES), reference(SCORES))
+    decision, check = score_check(HEALTHY, spoiled, shared)
+    assert decision.action == "rollback" and not check.passed and "score distribution" in decision.reason
+    assert "stable 0.0000" in check.detail
+    # Scores sunk towards 0 (JS 0.18): from 5 answers (of 10 scores each) chance can do that, from 50 it cannot.
+    sunk = (10, 30, 40, 20, 0, 0, 0)
+    _, check = score_check(canary(users=15), canary(users=5, score_counts=sunk), shared)
+    assert check.passed and "canary's excess 0.1759" in check.detail, check.detail
+    _, check = score_check(canary(users=150), canary(users=50, score_counts=sunk), shared)
+    assert not check.passed, check.detail
+
+
+def test_traffic_that_moves_both_models_scores_alike_is_not_the_canarys_fault():
+    drifted_stable, drifted_canary = canary(score_counts=DRIFTED), canary(score_counts=DRIFTED)
+    decision, check = score_check(drifted_stable, drifted_canary, ScoreReferences(reference(SCORES), reference(SCORES)))
+    assert decision.action == "advance" and check.passed, check.detail
+    assert "canary 0.1840, stable 0.1840" in check.detail  # each alone above the allowed 0.1
+    # A canary that moves further than the drift does is still caught.
+    further = canary(score_counts=(0, 0, 0, 1, 5, 40, 150))
+    _, check = score_check(drifted_stable, further, ScoreReferences(reference(SCORES), reference(SCORES)))
+    assert not check.passed, check.detail
+
+
+@pytest.mark.parametrize("missing", ["stable", "canary"])
+def test_a_bundle_without_export_time_scores_falls_back_to_the_stables_live_scores(missing):
+    references = dataclasses.replace(ScoreReferences(reference(SCORES), reference(RECALIBRATED)), **{missing: None})
+    decision, check = score_check(HEALTHY, canary(score_counts=RECALIBRATED), references)
+    assert decision.action == "rollback" and not check.passed
+    assert f"no export-time score histogram in the {missing} bundle, so canary vs stable live" in check.detail
+    decision, check = score_check(HEALTHY, canary(), references)
+    assert decision.action == "advance" and check.passed, check.detail

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import yaml
 
+from recflow.data.dataset import Dataset
 from recflow.features.online import UserFeatureReader
 from recflow.features.store import get_store
 from recflow.features.training_set import on_demand_transforms
-from recflow.recommender.online import load_bundle
+from recflow.monitoring.live import read_score_reference
+from recflow.monitoring.scores import bucket_counts
+from recflow.recommender.online import OnlineRecommender, Query, load_bundle
+from recflow.rollout.analysis import AnalysisConfig, ScoreReferences, VariantMetrics, analyse
 from recflow.rollout.faults import bad_model_bundle, serving_fault
 from serving.process import ServerProcess
 
@@ -34,6 +39,39 @@ def test_a_bad_model_bundle_loads_and_ranks_by_noise(workspace, tmp_path):
     assert all(0.0 <= score <= 1.0 for score in scores)
     with pytest.raises(FileExistsError):
         bad_model_bundle(workspace.bundle, tmp_path / "bad")
+
+
+def test_a_bad_model_bundle_leaves_the_scores_it_copied_and_fails_the_score_check(workspace, tmp_path):
+    """The copy carries the good bundle's export-time scores; its spoiled ranker no longer gives them.
+
+    Traffic as the platform's simulator sends it: users drawn from all the
+    world's users, answered the way the server answers them (seen items
+    excluded, scores of the stack's answers only).
+    """
+    bad = bad_model_bundle(workspace.bundle, tmp_path / "bad")
+    references = ScoreReferences(read_score_reference(workspace.bundle), read_score_reference(bad))
+    assert references.stable is not None and references.canary == references.stable
+    store = get_store(workspace.feature_repo)
+    good_bundle, bad_bundle = (load_bundle(b, lambda service: on_demand_transforms(store, service)) for b in (workspace.bundle, bad))
+    everyone = Dataset(Path(workspace.card["data"]["dataset"])).read_users()["user_id"].astype(str)
+    users = everyone.sample(n=200, random_state=1).tolist()
+    features = UserFeatureReader(store, good_bundle.feature_service).read(users)
+
+    def served(bundle) -> VariantMetrics:
+        answers, _ = OnlineRecommender(bundle).answer([Query(user, 10) for user in users], features, workspace.request_time)
+        answered = [answer for answer in answers if answer.fallback is None]
+        counts = bucket_counts(score for answer in answered for _, score in answer.items)
+        return VariantMetrics(requests=len(users), errors=0, users=len(answered), fallbacks=0, p99_seconds=0.01,
+                              impressions=0, clicks=0, score_counts=counts)  # fmt: skip
+
+    def score_check(stable: VariantMetrics, canary: VariantMetrics):
+        decision = analyse(stable, canary, 25, AnalysisConfig(min_requests=1), references)
+        return next(c for c in decision.checks if c.name == "score distribution")
+
+    good, spoiled = served(good_bundle), served(bad_bundle)
+    assert score_check(good, good).passed, score_check(good, good).detail  # live scores near the export-time ones
+    check = score_check(good, spoiled)
+    assert not check.passed, check.detail
 
 
 @pytest.mark.parametrize("kind", ["latency", "errors"])

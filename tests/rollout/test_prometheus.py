@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 

@@ -7,7 +7,6 @@ Not a test module: tests/training/test_distributed.py launches it and compares
 the gradients rank 0 holds after DDP's all-reduce with the single-process ones.
 """
 
-import os
 import sys
 
 import numpy as np
