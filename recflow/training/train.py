@@ -268,6 +268,7 @@ def _train(
         device_ids = [processes.local_rank] if device.type == "cuda" else None
         # The only buffers are constant index offsets: nothing to broadcast per step.
         trained = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    gather_group = softmax_gather_group(processes) if softmax else None
 
     fail_at_step = _injected_failure_step(processes, checkpoint_dir or output)
     samples_seen = 0
@@ -285,7 +286,7 @@ def _train(
             rows = order[start : start + local_batch_size]
             if softmax:
                 batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-                loss = _in_batch_softmax_loss(trained, users, items, rows, batch, log_q, config, processes)
+                loss = _in_batch_softmax_loss(trained, users, items, rows, batch, log_q, config, processes, gather_group)
             else:
                 logits = trained(_take(users, rows), _take(items, rows))
                 loss = F.binary_cross_entropy_with_logits(logits, labels[rows])
@@ -413,6 +414,19 @@ def in_batch_softmax_logits(
     return logits.masked_fill(accidental, float("-inf")), targets
 
 
+def softmax_gather_group(processes: _Processes):
+    """The process group the in-batch softmax gathers item vectors over (None: one process).
+
+    Not DDP's: the gather's backward is a collective issued by autograd,
+    while DDP all-reduces gradient buckets on its group as they fill, and
+    the two can be issued in a different order on different ranks. On one
+    group a rank then waits in one collective while the other waits in the
+    other (a two-process test run in CI hung that way until its 300 s
+    timeout). Every rank must call this at the same point.
+    """
+    return dist.new_group() if processes.world_size > 1 else None
+
+
 def _in_batch_softmax_loss(
     trained: torch.nn.Module,
     users: dict[str, torch.Tensor],
@@ -422,14 +436,18 @@ def _in_batch_softmax_loss(
     log_q: torch.Tensor | None,
     config: TrainConfig,
     processes: _Processes,
+    gather_group=None,
 ) -> torch.Tensor:
-    """Mean in-batch softmax cross-entropy of this rank's `rows` against the whole global `batch`."""
+    """Mean in-batch softmax cross-entropy of this rank's `rows` against the whole global `batch`.
+
+    ``gather_group``: :func:`softmax_gather_group`'s, when several processes train.
+    """
     user_vectors, item_vectors, item_bias = trained(_take(users, rows), _take(items, rows), towers=True)
     if processes.world_size > 1:
         # Rank r holds the r-th contiguous slice of the batch, so concatenating
         # in rank order gives the batch's items in batch order.
         packed = torch.cat([item_vectors, item_bias.unsqueeze(1)], dim=1)
-        gathered = torch.cat(differentiable_all_gather(packed), dim=0)
+        gathered = torch.cat(differentiable_all_gather(packed, group=gather_group), dim=0)
         item_vectors, item_bias = gathered[:, :-1], gathered[:, -1]
     item_ids = items["ids"].index_select(0, batch)
     logits, targets = in_batch_softmax_logits(

@@ -23,6 +23,7 @@ from recflow.training.train import (
     _in_batch_softmax_loss,
     _Processes,
     item_log_frequency,
+    softmax_gather_group,
 )
 
 CONFIG = TrainConfig(
@@ -50,7 +51,8 @@ def main(training_set: str, out: str) -> None:
     local = CONFIG.local_batch_size(processes.world_size)
     rows = batch[processes.rank * local : (processes.rank + 1) * local]
     log_q = item_log_frequency(items["ids"], preprocessor.num_items)
-    loss = _in_batch_softmax_loss(trained, users, items, rows, batch, log_q, CONFIG, processes)
+    gather_group = softmax_gather_group(processes)
+    loss = _in_batch_softmax_loss(trained, users, items, rows, batch, log_q, CONFIG, processes, gather_group)
     loss.backward()
     if processes.world_size > 1:
         dist.all_reduce(loss)
