@@ -40,8 +40,8 @@ own figures over the same interval (both see the same traffic mix):
      there a better model scores differently too, so a click-through
      significantly *higher* than the stable's over the same interval
      overrules the shift;
-   - click-through rate: lower than ``min_ctr_ratio`` times the stable's,
-     and significantly so;
+   - click-through rate: significantly lower than ``min_ctr_ratio`` times
+     the stable's (a one-sided test of the margin itself);
 3. otherwise -> ``advance`` to the next traffic step, or ``promote`` after
    the last.
 """
@@ -281,8 +281,30 @@ def chi2_survival(x: float, df: int) -> float:
 
 
 def _ctr_check(stable: VariantMetrics, canary: VariantMetrics, config: AnalysisConfig) -> Check:
+    """Rolled back only on evidence that the canary's CTR is below ``min_ctr_ratio`` times the stable's.
+
+    The test is of the margin itself (H0: canary >= ratio x stable), not of
+    "lower at all" beside a point estimate under the margin: with a few
+    hundred impressions an interval's CTR moves by about the margin, so two
+    models of equal click-through failed that pair of conditions about one
+    interval in twenty (the demo's retrained model at 25 %: 0.065 against
+    0.089 over 815 impressions, p=0.015, with an oracle CTR 2 % below the
+    stable's). Against the margin the same interval gives p=0.07.
+    """
     ctr, stable_ctr = canary.clicks / canary.impressions, stable.clicks / stable.impressions
-    p = one_sided_p_value(stable.clicks, stable.impressions, canary.clicks, canary.impressions)
-    worse = ctr < config.min_ctr_ratio * stable_ctr and p < config.significance
+    p = ratio_shortfall_p_value(canary.clicks, canary.impressions, stable.clicks, stable.impressions, config.min_ctr_ratio)
+    worse = p < config.significance
     detail = f"canary {ctr:.4f} vs stable {stable_ctr:.4f} (at least x{config.min_ctr_ratio}, p={p:.3g})"
     return Check("click-through rate", not worse, detail)
+
+
+def ratio_shortfall_p_value(hits_a: float, n_a: float, hits_b: float, n_b: float, ratio: float) -> float:
+    """P-value of "rate a < ``ratio`` x rate b": one-sided z-test of rate_a - ratio x rate_b with unpooled variances."""
+    if n_a <= 0 or n_b <= 0:
+        return 1.0
+    rate_a, rate_b = hits_a / n_a, hits_b / n_b
+    variance = rate_a * (1 - rate_a) / n_a + ratio**2 * rate_b * (1 - rate_b) / n_b
+    shortfall = ratio * rate_b - rate_a
+    if variance <= 0:
+        return 0.0 if shortfall > 0 else 1.0
+    return 0.5 * math.erfc(shortfall / math.sqrt(variance) / math.sqrt(2))

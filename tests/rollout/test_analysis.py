@@ -16,6 +16,7 @@ from recflow.rollout.analysis import (
     chi2_survival,
     homogeneity_p_value,
     one_sided_p_value,
+    ratio_shortfall_p_value,
 )
 
 CONFIG = AnalysisConfig()
@@ -91,10 +92,26 @@ def test_without_feedback_yet_a_failing_check_still_rolls_back_and_a_clean_one_h
     assert analyse(canary(**quiet), canary(errors=400, **quiet), 5, CONFIG).action == "rollback"
 
 
+def test_an_interval_of_noise_around_equal_click_through_does_not_roll_back():
+    """The demo's retrained model at 25 %: 53 clicks in 815 impressions against 218 in 2,445 (0.065 vs 0.089).
+
+    Lower, and significantly so (p=0.015), but not significantly below 0.9 x the stable's (p=0.07); the
+    world's oracle put the two models 2 % apart. Half the stable's click-through is still caught.
+    """
+    stable = canary(impressions=2445, clicks=218)
+    assert one_sided_p_value(218, 2445, 53, 815) < 0.05
+    decision = analyse(stable, canary(impressions=815, clicks=53), 25, CONFIG)
+    assert decision.action == "advance", decision.reason
+    assert analyse(stable, canary(impressions=815, clicks=36), 25, CONFIG).action == "rollback"
+
+
 def test_p_values():
     assert one_sided_p_value(10, 100, 10, 100) == pytest.approx(0.5)
     assert one_sided_p_value(30, 100, 10, 100) < 0.001
     assert one_sided_p_value(10, 100, 30, 100) > 0.999
+    assert ratio_shortfall_p_value(90, 1000, 100, 1000, 0.9) == pytest.approx(0.5)  # exactly at the margin
+    assert ratio_shortfall_p_value(50, 1000, 100, 1000, 0.9) < 0.001
+    assert ratio_shortfall_p_value(100, 1000, 100, 1000, 0.9) > 0.75
 
 
 def test_configuration_is_checked():
