@@ -72,6 +72,7 @@ def test_each_regression_rolls_back_and_names_the_check(changes, failing):
         {"errors": 4},  # 0.2% against 0.1%: within the margin
         {"clicks": 1950},  # 9.75% against 10%: within the ratio
         {"p99_seconds": 0.050},  # x1.25
+        {"p99_seconds": 0.062},  # x1.55, but 22 ms: a few slow requests, not a regression
     ],
 )
 def test_noise_and_small_differences_do_not_roll_back(changes):
