@@ -10,8 +10,9 @@ for the two cores).
 Concurrent requests are grouped the way Triton's dynamic batcher does it:
 whatever arrived while the previous batch ran goes into the next model call,
 up to ``max_batch_users``, and a batch waits a little (``batch_gather_ms``)
-for as many requests as the previous one answered, since under steady load
-their clients ask again at once. The stack's cost is mostly per call, not
+for as many requests as were in flight when the previous one was answered:
+its own, whose clients under steady load ask again at once, and those that
+queued while it ran. The stack's cost is mostly per call, not
 per user, so under load a request pays for a share of a batch instead of a
 whole call; a lone client is never held back waiting for company.
 """
@@ -177,7 +178,12 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        expected = 1  # requests the last batch answered: under steady load, they come back
+        # Requests in flight when the last batch was answered: its own, which under
+        # steady load come back at once, and those that queued meanwhile. Waiting
+        # for all of them keeps concurrent clients in one batch; without it, two
+        # halves that once missed each other would alternate for good, each
+        # paying a whole model call.
+        expected = 1
         while True:
             batch = [self._carried or await self.queue.get()]
             self._carried = None
@@ -199,7 +205,6 @@ class MicroBatcher:
                     break
                 batch.append(waiting)
                 users += len(waiting[0])
-            expected = len(batch)
             queries = [query for request, _ in batch for query in request]
             try:
                 answers = await self._answer_batch(queries)
@@ -209,6 +214,8 @@ class MicroBatcher:
                     if not future.done():
                         future.set_exception(error)
                 continue
+            finally:
+                expected = len(batch) + self.queue.qsize() + (self._carried is not None)
             start = 0
             for request, future in batch:
                 if not future.done():  # the client may have gone away

@@ -63,6 +63,38 @@ def test_concurrent_requests_of_mixed_sizes_get_their_own_answers_in_batches_of_
     assert len(recorder.batches) < len(requests)  # requests were grouped
 
 
+def test_two_halves_of_the_clients_that_missed_each_other_end_up_in_one_batch():
+    """Closed-loop clients that once landed in two batches must not alternate for good.
+
+    Four clients ask while the other four's batch runs; each asks again as
+    soon as it is answered. Waiting only for as many requests as the last
+    batch answered kept two batches of 4 going back and forth, each paying a
+    whole model call; the batcher waits for every request in flight instead.
+    """
+
+    class SlowModel(Recorder):
+        def answer(self, queries, features, failure):
+            time.sleep(0.01)
+            return super().answer(queries, features, failure)
+
+    recorder = SlowModel()
+    batcher = MicroBatcher(recorder.read, recorder.answer, ServingConfig(batch_gather_ms=20))
+
+    async def client(name: str, delay: float):
+        await asyncio.sleep(delay)
+        for round_ in range(8):
+            await batcher.submit([Query(f"{name}-{round_}", 1)])
+
+    async def main():
+        await asyncio.gather(*(client(f"c{c}", 0.0 if c < 4 else 0.003) for c in range(8)))
+
+    run(main())
+    sizes = [len(batch) for batch in recorder.batches]
+    # The first half alone, then everyone together; the first half, a round
+    # ahead, is done before the second half's last round.
+    assert sizes == [4] + [8] * 7 + [4], sizes
+
+
 def test_a_failing_batch_fails_its_requests_only_and_the_worker_goes_on():
     recorder = Recorder(fail_on="bad")
     batcher = MicroBatcher(recorder.read, recorder.answer, ServingConfig())
