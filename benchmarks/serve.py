@@ -41,6 +41,7 @@ import pandas as pd
 from recflow.features import store
 from recflow.pipeline import steps
 from recflow.pipeline.registry import ModelRegistry
+from recflow.recommender.stack import load_config
 from serving.process import ServerProcess
 
 V1_PATH = "/v1/models/recommender:predict"
@@ -62,7 +63,7 @@ def run(
         recommender_args = ["--bundle", str(bundle_dir), "--feature-repo", str(repo)]
         with ServerProcess(recommender_args, tmp / "recommender.log") as server:
             recommender = _load(server.url + V1_PATH, users_file, concurrency, seconds)
-            fallbacks = _fallbacks(server.url)
+            fallbacks, batches = _server_metrics(server.url)
             freshness = _freshness(server.url + V1_PATH, store.get_store(repo), load_users[users:], tmp / "feedback.jsonl")
         with ServerProcess(["--noop"], tmp / "noop.log") as server:
             floor = _load(server.url + V1_PATH, users_file, concurrency, seconds)
@@ -87,6 +88,8 @@ def run(
         "ratios": ratios,
         "passed": passed,
         "fallbacks": fallbacks,
+        "batches": batches,
+        "candidates": load_config(bundle_dir).candidates,
         "freshness": freshness,
     }
     result["table"] = _table(result)
@@ -166,13 +169,24 @@ def _freshness(url: str, feature_store, users: list[str], log_path: Path) -> dic
     }
 
 
-def _fallbacks(url: str) -> dict[str, float]:
+def _server_metrics(url: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The recommender's fallbacks by reason, and its model calls: count, mean users and mean ms per stage."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    return {
+    fallbacks = {
         reason: float(value)
         for reason, value in re.findall(r'^recflow_fallback_total\{reason="([^"]+)"\} (\S+)$', text, re.MULTILINE)
     }
+    values = {
+        name: float(value)
+        for name, value in re.findall(r'^(recflow_(?:stage_seconds|batch_users)_(?:sum|count)\S*) (\S+)$', text, re.MULTILINE)
+    }
+    calls = values.get("recflow_batch_users_count", 0.0)
+    batches = {"calls": calls, "users": values.get("recflow_batch_users_sum", 0.0) / calls if calls else 0.0}
+    for stage in ("features", "retrieval", "ranking", "reranking"):
+        total = values.get(f'recflow_stage_seconds_sum{{stage="{stage}"}}', 0.0)
+        batches[f"{stage}_ms"] = 1000.0 * total / calls if calls else 0.0
+    return fallbacks, batches
 
 
 def _table(result: dict) -> str:
@@ -191,6 +205,18 @@ def _table(result: dict) -> str:
         f"freshness, click to served through the feedback ingestion ({result['freshness']['trials']} users): p50 {result['freshness']['p50_ms']:.1f} ms,"
         f" p99 {result['freshness']['p99_ms']:.1f} ms (bar < 1000)  {mark[result['passed']['freshness']]}",
         f"fallbacks counted by the recommender during the load: {result['fallbacks'] or 'none'}",
+        _batch_line(result["batches"], result["candidates"]),
         f"bundle: {result['bundle']}",
     ]
     return "\n".join(lines)
+
+
+def _batch_line(batches: dict[str, float], candidates: int) -> str:
+    """Where the recommender's model calls went: what the latency is made of besides HTTP."""
+    if not batches["calls"]:
+        return "model calls during the load: none"
+    stages = ", ".join(f"{stage} {batches[stage + '_ms']:.1f}" for stage in ("features", "retrieval", "ranking", "reranking"))
+    return (
+        f"model calls during the load: {batches['calls']:.0f}, {batches['users']:.1f} users each"
+        f" ({candidates} candidates per user); ms per call: {stages}"
+    )
