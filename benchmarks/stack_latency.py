@@ -21,8 +21,8 @@ with the frame-based stack, and 4.2-4.9 / 7.0-8.5 / 12.3-13.7 ms once users
 and the item snapshot were encoded apart. On-demand views over one entity
 now run once per user (or once per snapshot item, at load) instead of on
 every (user, candidate) row: 10.6 -> 9.1 ms for 8 users with serving's
-answer path (``docs/design.md``). With 100 candidates per user (the stack's
-default since), 1 / 8 / 16 users: 3.7-3.8 / 5.9-6.6 / 7.7-10.0 ms.
+answer path (``docs/design.md``). A bundle with 100 candidates per user
+instead of 200, 1 / 8 / 16 users: 3.7-3.8 / 5.9-6.6 / 7.7-10.0 ms.
 """
 
 from __future__ import annotations
