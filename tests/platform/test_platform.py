@@ -51,11 +51,12 @@ needs_binaries = pytest.mark.skipif(
 )
 
 
-def eventually(condition, timeout: float, what: str) -> None:
+def eventually(condition, timeout: float, what: str, detail=None) -> None:
+    """Wait until ``condition()``; on timeout, fail naming ``what`` and, when given, ``detail()``."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
+            raise AssertionError(f"not within {timeout} s: {what}" + (f"; {detail()}" if detail else ""))
         time.sleep(0.2)
 
 
@@ -260,9 +261,16 @@ def test_drift_in_the_world_is_detected_and_a_stable_world_raises_no_alarm(platf
         windows = report().get("windows", {})
         return bool(windows) and all(window["enough_rows"] for window in windows.values())
 
+    def window_rows() -> str:
+        # Too few clicks in a window usually means the served lists got worse (a lower CTR), not a slow monitor.
+        windows = report().get("windows", {})
+        rows = ", ".join(f"{name} {window['rows']}" for name, window in windows.items())
+        needed = f"{MONITOR_TEST_SETTINGS['min_clicks']} clicks, {MONITOR_TEST_SETTINGS['min_impressions']} impressions"
+        return f"rows per window: {rows or 'none yet'} (a verdict needs {needed})"
+
     stable_world = []
     with simulated_traffic(platform, workspace.card):
-        eventually(decided, 60, "the monitor has a verdict on the stable world")
+        eventually(decided, 60, "the monitor has a verdict on the stable world", detail=window_rows)
         for _ in range(DRIFT_PERIOD_SECONDS):
             stable_world.append(report())
             time.sleep(1)
