@@ -214,9 +214,9 @@ def _table(result: dict) -> str:
 def _batch_line(batches: dict[str, float], candidates: int) -> str:
     """Where the recommender's model calls went: what the latency is made of besides HTTP."""
     if not batches["calls"]:
-        return "model calls during the load: none"
+        return "model calls under load: none"
     stages = ", ".join(f"{stage} {batches[stage + '_ms']:.1f}" for stage in ("features", "retrieval", "ranking", "reranking"))
     return (
-        f"model calls during the load: {batches['calls']:.0f}, {batches['users']:.1f} users each"
+        f"model calls under load (its warm-up too): {batches['calls']:.0f}, {batches['users']:.1f} users each"
         f" ({candidates} candidates per user); ms per call: {stages}"
     )
