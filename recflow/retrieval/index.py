@@ -155,15 +155,18 @@ class ItemIndex:
                 positions[block, : found.shape[1]] = found[:, :n]
                 scores[block, : found.shape[1]] = found_scores[:, :n]
                 continue
-            for row, (row_found, row_scores, row_excluded) in enumerate(
-                zip(found, found_scores, block_excluded), start=start
-            ):
-                keep = row_found >= 0
-                if len(row_excluded):
-                    keep &= ~np.isin(row_found, row_excluded)
-                kept = np.flatnonzero(keep)[:n]
-                positions[row, : len(kept)] = row_found[kept]
-                scores[row, : len(kept)] = row_scores[kept]
+            keep = found >= 0
+            rows = np.repeat(np.arange(len(found)), [len(e) for e in block_excluded])
+            if len(rows):
+                # (row, position) pairs as one integer each: one membership test for the whole block.
+                pairs = rows * len(self.item_ids) + np.concatenate(block_excluded)
+                keep &= ~np.isin(np.arange(len(found))[:, None] * len(self.item_ids) + found, pairs)
+            # The first n kept of each row, in the index's order.
+            column = np.cumsum(keep, axis=1) - 1
+            taken = keep & (column < n)
+            found_rows, found_columns = np.nonzero(taken)
+            positions[start + found_rows, column[taken]] = found[found_rows, found_columns]
+            scores[start + found_rows, column[taken]] = found_scores[found_rows, found_columns]
         scores[positions < 0] = -np.inf
         return positions, scores
 
