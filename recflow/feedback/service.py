@@ -80,17 +80,23 @@ def create_app(ingestor: FeedbackIngestor) -> FastAPI:
     return app
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, also read by the chart's test: the Deployment's args must parse."""
+    parser = argparse.ArgumentParser(prog="python -m recflow.feedback", description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    parser.add_argument("--feature-repo", help="Feast repo whose online store gets the clicks (default: <workspace>/feature_repo)")
+    parser.add_argument("--log", help=f"the feedback log (default: <workspace>/{LOG_FILE})")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (a pod: 0.0.0.0); default: 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from recflow.features.store import get_store
 
-    parser = argparse.ArgumentParser(prog="python -m recflow.feedback", description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
-    parser.add_argument("--feature-repo", help="Feast repo whose online store gets the clicks (default: <workspace>/feature_repo)")
-    parser.add_argument("--log", help=f"the feedback log (default: <workspace>/{LOG_FILE})")
-    parser.add_argument("--port", type=int, default=8090)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     repo = Path(args.feature_repo) if args.feature_repo else Path(args.workspace) / "feature_repo"
     if not (repo / "feature_store.yaml").is_file():
@@ -98,4 +104,4 @@ def main(argv: list[str] | None = None) -> None:
     log_path = Path(args.log) if args.log else Path(args.workspace) / LOG_FILE
     with FeedbackLog(log_path) as feedback_log:
         app = create_app(FeedbackIngestor(get_store(repo), feedback_log))
-        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

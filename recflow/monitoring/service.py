@@ -82,18 +82,24 @@ def find_bundle(workspace: Path, version: str) -> Path | None:
     return registered if registered.is_dir() else None
 
 
-def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, also read by the chart's test: the Deployment's args must parse."""
     parser = argparse.ArgumentParser(prog="python -m recflow.monitoring", description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
     parser.add_argument("--log", help=f"the feedback log (default: <workspace>/{LOG_FILE})")
     parser.add_argument("--config", help="monitor settings (YAML, see recflow/monitoring/live.py MonitorConfig)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (a pod: 0.0.0.0); default: 127.0.0.1")
     parser.add_argument("--port", type=int, default=8091)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = MonitorConfig.model_validate(yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else MonitorConfig()
     workspace = Path(args.workspace)
     log_path = Path(args.log) if args.log else workspace / LOG_FILE
     monitor = LiveDriftMonitor(log_path, lambda version: find_bundle(workspace, version), config)
-    uvicorn.run(create_app(monitor), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(monitor), host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -315,3 +315,107 @@ def test_chart_provides_what_the_compiled_pipeline_expects(rendered):
     assert config.workspace.claim_name == claim["metadata"]["name"]
     # with external stores the user makes that Secret (the chart cannot know their credentials)
     assert not rendered["external-stores-values.yaml"].of_kind("Secret")
+
+
+# --- the feedback loop: feedback service and drift monitor ------------------------------------------
+
+
+def loop_container(out, component: str) -> tuple[dict, dict, dict]:
+    """(Deployment, its pod spec, its one container) of the feedback service or the drift monitor."""
+    deployment = out.one("Deployment", f"-{component}")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return deployment, spec, container
+
+
+def mounted(spec: dict, container: dict, path: str) -> tuple[dict, dict]:
+    """(volumeMount, volume) of the volume mounted at `path`."""
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == path]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    return mount, volume
+
+
+def test_feedback_service_and_drift_monitor_share_the_workspace_log(rendered):
+    from recflow.feedback import service as feedback
+    from recflow.monitoring import service as monitoring
+
+    out = rendered["default-values.yaml"]
+    claim = out.one("PersistentVolumeClaim")["metadata"]["name"]
+    args, mounts = {}, {}
+    for component, module in (("feedback", feedback), ("drift-monitor", monitoring)):
+        deployment, spec, container = loop_container(out, component)
+        assert container["image"] == images()["pipeline"]
+        assert container["command"] == ["python", "-m", module.__name__.removesuffix(".service")]
+        # the service's own command line accepts the Deployment's arguments
+        args[component] = module.build_parser().parse_args(container["args"])
+        assert args[component].host == "0.0.0.0"
+        assert args[component].port == container["ports"][0]["containerPort"]
+        mounts[component], volume = mounted(spec, container, args[component].workspace)
+        assert volume["persistentVolumeClaim"]["claimName"] == claim
+        service = out.one("Service", f"-{component}")
+        assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    # the monitor reads the log where the service writes it (both take the workspace's default)
+    assert args["feedback"].workspace == args["drift-monitor"].workspace
+    assert args["feedback"].log is None and args["drift-monitor"].log is None
+    # one writer per log (it is locked): one feedback pod, never two during an update
+    assert mounts["feedback"]["readOnly"] is False and mounts["drift-monitor"]["readOnly"] is True
+    deployment = out.one("Deployment", "-feedback")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_feedback_service_opens_the_feature_store_the_model_server_reads(rendered):
+    from recflow.feedback import service as feedback
+
+    out = rendered["default-values.yaml"]
+    deployment, spec, container = loop_container(out, "feedback")
+    args = feedback.build_parser().parse_args(container["args"])
+    _, volume = mounted(spec, container, args.feature_repo)
+    assert volume["configMap"]["name"] == out.one("ConfigMap", "-feast")["metadata"]["name"]
+    server = kserve_container(out.one("InferenceService")["spec"]["predictor"])
+    assert container["env"] == [e for e in server["env"] if e["name"] != "STORAGE_URI"]
+    # let through the NetworkPolicy around Redis and Postgres
+    assert deployment["spec"]["template"]["metadata"]["labels"]["recflow.io/feature-store-client"] == "true"
+
+
+def test_drift_monitor_settings_and_scrape_job(rendered, render_chart):
+    from recflow.monitoring import service as monitoring
+    from recflow.monitoring.live import MonitorConfig
+    from recflow.pipeline.retrain import DRIFT_QUERY
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    keys = schema["properties"]["driftMonitor"]["properties"]["config"]["properties"]
+    assert set(keys) <= set(MonitorConfig.model_fields), set(keys) - set(MonitorConfig.model_fields)
+
+    def settings(out) -> MonitorConfig:
+        _, spec, container = loop_container(out, "drift-monitor")
+        path = Path(monitoring.build_parser().parse_args(container["args"]).config)
+        _, volume = mounted(spec, container, str(path.parent))
+        configmap = out.one("ConfigMap", "-drift-monitor")
+        assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+        return MonitorConfig.model_validate(yaml.safe_load(configmap["data"][path.name]))
+
+    assert settings(rendered["default-values.yaml"]) == MonitorConfig()
+    tuned = settings(render_chart({"driftMonitor": {"config": {"min_clicks": 50, "interval_seconds": 2}}}))
+    assert (tuned.min_clicks, tuned.interval_seconds) == (50, 2)
+
+    # scraped under the job the retraining trigger and the alerting rules read
+    out = rendered["default-values.yaml"]
+    assert 'job="monitor"' in DRIFT_QUERY
+    jobs = {}
+    for component in ("feedback", "drift-monitor"):
+        service_monitor = out.one("ServiceMonitor", f"-{component}")
+        (endpoint,) = service_monitor["spec"]["endpoints"]
+        assert endpoint["port"] == out.one("Service", f"-{component}")["spec"]["ports"][0]["name"]
+        (relabel,) = endpoint["relabelings"]
+        jobs[component] = relabel["replacement"] if relabel["targetLabel"] == "job" else None
+        labels = out.one("Deployment", f"-{component}")["spec"]["template"]["metadata"]["labels"]
+        assert service_monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert jobs == {"feedback": "feedback", "drift-monitor": "monitor"}
+
+
+def test_drift_monitor_needs_the_feedback_service(render_chart):
+    with pytest.raises(helm.HelmError, match="driftMonitor.enabled needs feedback.enabled"):
+        render_chart({"feedback": {"enabled": False}})
+    out = render_chart({"feedback": {"enabled": False}, "driftMonitor": {"enabled": False}})
+    assert not [o for o in out.objects if o["metadata"]["name"].endswith(("-feedback", "-drift-monitor"))]

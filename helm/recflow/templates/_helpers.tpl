@@ -131,3 +131,12 @@ recflow.io/feature-store-client: "true"
 {{- $address := printf "%s-redis:%v" (include "recflow.fullname" .) .Values.redis.port -}}
 {{- compact (list $address .Values.featureStore.onlineStore.options) | join "," -}}
 {{- end -}}
+
+{{/*
+The feedback loop's services (feedback-loop.yaml), by component name: the key of their
+values and the Prometheus job they are scraped under (the local platform's names).
+*/}}
+{{- define "recflow.feedbackLoop" -}}
+feedback: {values: feedback, job: feedback}
+drift-monitor: {values: driftMonitor, job: monitor}
+{{- end -}}
