@@ -15,6 +15,7 @@
     recflow bench serve                  # server latency and throughput against a no-op KServe floor
     recflow up | status | down           # the local platform: HAProxy, Prometheus, the model servers
     recflow rollout --candidate DIR      # canary rollout on it: steps, analysis, promote or roll back (--inject-fault)
+    recflow rollout --candidate URI --cluster cluster.yaml   # the same on a cluster's InferenceService
     recflow simulate --rps R --duration S # the world's users through the proxy; clicks go to the feedback service
     recflow retrain [--watch]            # feedback folded into the data, pipeline, rollout (on drift with --watch)
     recflow demo                         # all of it, end to end, with a report (what `make run` runs)
@@ -335,7 +336,16 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.steps is not None:
         settings.setdefault("analysis", {})["steps"] = [int(step) for step in args.steps.split(",")]
     config = RolloutConfig.model_validate(settings)
-    result, report = rollout(args.workspace, args.candidate, config, args.report, args.inject_fault)
+    if args.cluster:
+        from recflow.kubernetes.rollout import ClusterRolloutConfig, rollout_with_report
+        from recflow.platform.state import platform_directory
+
+        if args.inject_fault:
+            raise ValueError("--inject-fault drills run on the local platform: leave out --cluster")
+        cluster = ClusterRolloutConfig.model_validate(yaml.safe_load(Path(args.cluster).read_text()) or {})
+        result, report = rollout_with_report(platform_directory(args.workspace), args.candidate, cluster, config, args.report)
+    else:
+        result, report = rollout(args.workspace, args.candidate, config, args.report, args.inject_fault)
     print(f"{result.outcome}: {result.reason}\nreport: {report}\ndecisions: {result.log_path}")
     return 0 if result.outcome == "promoted" else 1
 
@@ -355,7 +365,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         return 0 if result.rollout is None or result.rollout.outcome == "promoted" else 1
     stop = threading.Event()
     try:
-        watch(args.workspace, config, stop)
+        watch(args.workspace, config, stop, keep_going=True)
     except KeyboardInterrupt:
         stop.set()
     return 0
@@ -551,11 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
     down.set_defaults(handler=cmd_down)
     rollout = commands.add_parser(
-        "rollout", help="canary rollout of a bundle on the local platform (exit 1 if rolled back)",
+        "rollout", help="canary rollout of a bundle on the local platform or a cluster (exit 1 if rolled back)",
         description="Start the candidate as the canary, move traffic through the steps, analyse each interval "
-                    "from Prometheus, then promote it or roll it back; writes a JSON decision log and an HTML report.",
+                    "from Prometheus, then promote it or roll it back; writes a JSON decision log and an HTML report. "
+                    "With --cluster, the canary is the InferenceService's (recflow/kubernetes/rollout.py).",
     )  # fmt: skip
-    rollout.add_argument("--candidate", required=True, help="the candidate model bundle directory")
+    rollout.add_argument(
+        "--candidate", required=True,
+        help="the candidate model bundle directory; with --cluster, its storage URI (pvc://..., s3://...)",
+    )
+    rollout.add_argument(
+        "--cluster", help="roll out on a cluster: ClusterRolloutConfig (YAML: prometheus_url, inference_service, "
+                          "namespace, mode; see recflow/kubernetes/rollout.py)",
+    )  # fmt: skip
     rollout.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
     rollout.add_argument("--steps", help="canary traffic percents, e.g. 5,25,50,100 (default: the config's)")
     rollout.add_argument("--interval", type=float, help="seconds at a step between analyses (default: the config's)")
@@ -570,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
         "retrain", help="fold the feedback into the stable model's data, retrain, and roll a blessed model out",
         description="Once (default), or with --watch whenever the drift monitor reports drift or the schedule is due: "
                     "the pipeline runs on the stable model's dataset plus the feedback logged since, and a model "
-                    "the gate blesses goes to the rollout controller.",
+                    "the gate blesses goes to the rollout controller. With host and cluster in the config: on a "
+                    "cluster (Kubeflow Pipelines, the InferenceService), as the chart's retraining pod runs it.",
     )  # fmt: skip
     retrain_parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
     retrain_parser.add_argument("--watch", action="store_true", help="keep watching the trigger until Ctrl-C")

@@ -45,3 +45,11 @@ def current_namespace() -> str:
     except config.ConfigException:
         return "default"
     return context.get("context", {}).get("namespace") or "default"
+
+
+def custom_objects_api():
+    """A ``CustomObjectsApi`` (InferenceServices, TrainJobs), configured by :func:`load_client_config`."""
+    from kubernetes import client
+
+    load_client_config()
+    return client.CustomObjectsApi()

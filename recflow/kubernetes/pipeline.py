@@ -22,6 +22,7 @@ the task's own pod.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from kfp import kubernetes
@@ -45,6 +46,20 @@ SIZES = {
     "standard": ("500m", "2", "2Gi", "4Gi"),
     "training": ("2", "4", "4Gi", "8Gi"),
 }
+
+
+def workspace_uri(path: Path, workspace: Path) -> str:
+    """The storage URI of a directory on the workspace volume, mounted at ``workspace`` here (what an
+    InferenceService's ``storageUri`` names): ``pvc://recflow-workspace/<path relative to workspace>``."""
+    return f"pvc://{WORKSPACE_CLAIM}/{Path(path).resolve().relative_to(Path(workspace).resolve()).as_posix()}"
+
+
+def workspace_path(uri: str, workspace: Path) -> Path:
+    """The directory a ``pvc://recflow-workspace/...`` URI names, the volume mounted at ``workspace`` here."""
+    prefix = f"pvc://{WORKSPACE_CLAIM}/"
+    if not uri.startswith(prefix):
+        raise ValueError(f"{uri} is not on the workspace volume ({prefix}...)")
+    return Path(workspace) / uri.removeprefix(prefix)
 
 
 def for_cluster(task: PipelineTask, size: Literal["standard", "training"] = "standard") -> PipelineTask:

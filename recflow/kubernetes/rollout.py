@@ -1,5 +1,7 @@
 """A canary rollout on the cluster: the local platform's decisions, an InferenceService's traffic.
 
+    recflow rollout --candidate pvc://recflow-workspace/models/<version> --cluster cluster.yaml
+
     from recflow.kubernetes.rollout import ClusterRolloutConfig, rollout_inferenceservice
     rollout_inferenceservice("s3://models/recflow/20250101-120000-ab12cd34",
                              ClusterRolloutConfig(prometheus_url="http://prometheus.monitoring:9090"),
@@ -27,9 +29,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recflow.kubernetes import current_namespace, load_client_config
+from recflow.kubernetes import current_namespace, custom_objects_api
 from recflow.kubernetes.inferenceservice import InferenceService, ServerlessCanary, StandardCanary
-from recflow.rollout.controller import RolloutConfig, RolloutResult, carry_out
+from recflow.rollout.controller import RolloutConfig, RolloutResult, carry_out, render_report, rollout_files
 from recflow.rollout.prometheus import Prometheus, variant_metrics
 
 
@@ -63,11 +65,7 @@ def rollout_inferenceservice(
     the canary exists (a canary that never gets ready, an error, Ctrl-C) rolls
     it back before it propagates.
     """
-    if api is None:
-        from kubernetes import client
-
-        load_client_config()
-        api = client.CustomObjectsApi()
+    api = api if api is not None else custom_objects_api()
     isvc = InferenceService(cluster.inference_service, cluster.namespace or current_namespace(), api,
                             cluster.ready_timeout_seconds, cluster.poll_seconds, sleep, clock)  # fmt: skip
     backend = ServerlessCanary(isvc) if cluster.mode == "serverless" else StandardCanary(isvc)
@@ -82,3 +80,13 @@ def rollout_inferenceservice(
         raise
     return carry_out(backend, lambda variant: variant_metrics(prometheus, selectors[variant], window),
                      config, log_path, sleep=sleep)  # fmt: skip
+
+
+def rollout_with_report(
+    root: str | Path, candidate_uri: str, cluster: ClusterRolloutConfig, config: RolloutConfig, report: str | Path | None = None
+) -> tuple[RolloutResult, Path]:
+    """``recflow rollout --cluster``: :func:`rollout_inferenceservice`, its decision log and HTML report
+    in ``<root>/rollouts/<time>/`` (the report where ``report`` says), as the local platform keeps them."""
+    _, log_path, report = rollout_files(root, report)
+    result = rollout_inferenceservice(candidate_uri, cluster, config, log_path)
+    return result, render_report(log_path, report)

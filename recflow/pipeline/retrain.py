@@ -16,10 +16,11 @@ One retraining (:func:`retrain`):
    (:func:`recflow.features.compute.compute_features`), so the feedback
    service replaying its log after a materialization skips those clicks.
 2. **Run the pipeline** on it: ``kfp.local`` (:func:`run_pipeline`), the
-   same pipeline and export as ``recflow pipeline run``; with
-   ``host`` set, the run is submitted to Kubeflow Pipelines instead
-   (:func:`recflow.kubernetes.submit.submit`), whose own export registers
-   the model on the cluster.
+   same pipeline and export as ``recflow pipeline run``; on a cluster
+   (``host`` and ``cluster`` set: the process runs in a pod that mounts the
+   workspace volume, as the chart runs it) the run is submitted to Kubeflow
+   Pipelines (:func:`recflow.kubernetes.submit.submit`) and waited for; its
+   export registers the model in the same workspace.
    The gate checks the lift over popularity but, by default, not the
    regression against the stable model: the held-out day is feedback on the
    stable model's own lists (users only click what they are shown), so any
@@ -28,12 +29,19 @@ One retraining (:func:`retrain`):
    while both beat popularity (0.427). The canary compares the two where it
    is fair, on the same live users.
 3. **Hand a blessed model to the rollout controller**
-   (:func:`recflow.platform.rollout.rollout`), which promotes it or rolls it
-   back on live evidence. A model the gate did not bless is not rolled out.
+   (:func:`recflow.platform.rollout.rollout`, on a cluster
+   :func:`recflow.kubernetes.rollout.rollout_with_report` on the
+   InferenceService), which promotes it or rolls it back on live evidence. A
+   model the gate did not bless is not rolled out.
+
+The stable model is the one the local platform serves as ``stable``, on a
+cluster the bundle the InferenceService's predictor names
+(``pvc://recflow-workspace/models/<version>``).
 
 :func:`watch` is the trigger: it reads the drift verdict the monitor
-exports (``recflow_drift_detected{job="monitor"}``) from Prometheus, the
-same query on the local platform and on a cluster, and retrains when it is
+exports (``recflow_drift_detected{job="monitor"}``) from Prometheus (the
+platform's, or ``cluster.prometheus_url``), the same query on the local
+platform and on a cluster, and retrains when it is
 1, or when ``every_hours`` have passed, never twice within
 ``cooldown_minutes``.
 """
@@ -51,11 +59,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recflow.data.dataset import FEEDBACK_FOLDS, Dataset, write_dataset
 from recflow.evaluation.gate import GateConfig
 from recflow.feedback.log import FeedbackLog
+from recflow.kubernetes.rollout import ClusterRolloutConfig
 from recflow.pipeline.parameters import DEFAULT_GATE
 from recflow.rollout.controller import RolloutConfig, RolloutResult
 
@@ -85,11 +94,25 @@ class RetrainConfig(BaseModel):
         description="The retrained model's blessing gate; by default no offline comparison with the stable model "
         "(see the module docstring): the canary compares them on live traffic",
     )
-    host: str | None = Field(None, description="A Kubeflow Pipelines host: submit there instead of kfp.local")
+    host: str | None = Field(
+        None, description="A Kubeflow Pipelines host: submit there instead of kfp.local (with cluster)"
+    )
+    cluster: ClusterRolloutConfig | None = Field(
+        None, description="On a cluster (with host): the InferenceService whose stable model is retrained and where "
+        "a blessed one is rolled out, and the cluster's Prometheus (the drift verdict, the canary analysis)",
+    )
+    run_timeout_minutes: float = Field(180.0, gt=0, description="On a cluster: how long to wait for the pipeline run")
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Pipeline parameters for the run (data_source and test_days are set here)"
     )
     rollout: RolloutConfig = RolloutConfig()
+
+    @model_validator(mode="after")
+    def _cluster_and_host_together(self) -> RetrainConfig:
+        if (self.host is None) != (self.cluster is None):
+            raise ValueError("host and cluster go together: a run on Kubeflow Pipelines reads the folded data from "
+                             "the cluster's workspace volume, and its model is rolled out on the cluster")  # fmt: skip
+        return self
 
     @field_validator("parameters")
     @classmethod
@@ -181,27 +204,21 @@ def training_dataset(card: dict) -> Dataset:
 
 
 def retrain(workspace: str | Path, config: RetrainConfig, reason: str, feedback_log: Path | None = None) -> RetrainResult:
-    """One retraining of the model the local platform serves as stable: fold, run, and roll out if blessed."""
+    """One retraining of the stable model (the local platform's, or on a cluster the InferenceService's):
+    fold, run, and roll out if blessed."""
     from recflow.feedback.service import LOG_FILE
-    from recflow.platform.state import PlatformState
 
     workspace = Path(workspace).resolve()
-    state = PlatformState.read(workspace)
-    stable = state.process("stable") if state is not None else None
-    if stable is None or stable.bundle is None:
-        raise RuntimeError(f"no platform serves a stable model in {workspace}: run `recflow up` first")
-    base = training_dataset(json.loads((stable.bundle / "model_card.json").read_text()))
+    stable = _cluster_stable_bundle(workspace, config.cluster) if config.cluster else _platform_stable_bundle(workspace)
+    base = training_dataset(json.loads((stable / "model_card.json").read_text()))
     out = workspace / DATASETS_DIR / f"retrain-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
     dataset, folded = fold_feedback(base, FeedbackLog(feedback_log or workspace / LOG_FILE), out, config.fold_days)
     log.info("retraining (%s): %d feedback events folded into %s", reason, folded, dataset.path)
     parameters = {
         **config.parameters, "data_source": str(dataset.path), "test_days": 1, "gate": config.gate.model_dump_json()
     }
-    if config.host is not None:
-        from recflow.kubernetes.submit import submit
-
-        submitted = submit(config.host, parameters)
-        return RetrainResult(reason, dataset.path, folded, False, None, None, None, submitted.url)
+    if config.cluster is not None:
+        return _retrain_on_cluster(workspace, config, reason, dataset.path, folded, parameters)
     from recflow.pipeline.local import run_pipeline
     from recflow.platform.rollout import rollout
 
@@ -213,14 +230,79 @@ def retrain(workspace: str | Path, config: RetrainConfig, reason: str, feedback_
     return RetrainResult(reason, dataset.path, folded, True, outputs.bundle, result, report, str(outputs.run_dir))
 
 
+def _platform_stable_bundle(workspace: Path) -> Path:
+    from recflow.platform.state import PlatformState
+
+    state = PlatformState.read(workspace)
+    stable = state.process("stable") if state is not None else None
+    if stable is None or stable.bundle is None:
+        raise RuntimeError(f"no platform serves a stable model in {workspace}: run `recflow up` first")
+    return stable.bundle
+
+
+def _cluster_stable_bundle(workspace: Path, cluster: ClusterRolloutConfig) -> Path:
+    """The bundle the InferenceService's predictor serves, on the workspace volume mounted at ``workspace``."""
+    from recflow.kubernetes import current_namespace, custom_objects_api
+    from recflow.kubernetes.inferenceservice import InferenceService, storage_uri
+    from recflow.kubernetes.pipeline import workspace_path
+
+    isvc = InferenceService(cluster.inference_service, cluster.namespace or current_namespace(), custom_objects_api())
+    uri = storage_uri(isvc.get()["spec"]["predictor"])
+    bundle = workspace_path(uri, workspace)
+    if not (bundle / "model_card.json").is_file():
+        raise FileNotFoundError(f"InferenceService {cluster.inference_service} serves {uri}, but {bundle} holds no "
+                                "model bundle: is the workspace volume mounted there?")  # fmt: skip
+    return bundle
+
+
+def _retrain_on_cluster(
+    workspace: Path, config: RetrainConfig, reason: str, dataset: Path, folded: int, parameters: dict[str, Any]
+) -> RetrainResult:
+    """Run the pipeline on Kubeflow Pipelines and wait; roll the model its export registers out on the InferenceService."""
+    import kfp
+
+    from recflow.kubernetes.pipeline import workspace_uri
+    from recflow.kubernetes.rollout import rollout_with_report
+    from recflow.kubernetes.submit import submit
+    from recflow.pipeline.parameters import PipelineParameters
+    from recflow.pipeline.registry import ModelRegistry
+    from recflow.platform.state import platform_directory
+
+    registry = ModelRegistry(workspace / "models")
+    before = registry.current()
+    client = kfp.Client(host=config.host)
+    # The run's workspace is this one: the tasks mount the same volume where the data was folded.
+    submitted = submit(config.host, PipelineParameters.model_validate(parameters), workspace=str(workspace), client=client)
+    log.info("pipeline run %s submitted", submitted.url)
+    run = client.wait_for_run_completion(submitted.run_id, timeout=round(config.run_timeout_minutes * 60))
+    if run.state != "SUCCEEDED":
+        raise RuntimeError(f"pipeline run {submitted.url} ended {run.state}: no model to roll out")
+    current = registry.current()
+    if current is None or (before is not None and current["version"] == before["version"]):
+        log.info("pipeline run %s blessed no model", submitted.url)
+        return RetrainResult(reason, dataset, folded, False, None, None, None, submitted.url)
+    bundle = Path(current["path"])
+    result, report = rollout_with_report(
+        platform_directory(workspace), workspace_uri(bundle, workspace), config.cluster, config.rollout
+    )
+    return RetrainResult(reason, dataset, folded, True, bundle, result, report, submitted.url)
+
+
 def watch(
     workspace: str | Path,
     config: RetrainConfig,
     stop: threading.Event,
     max_retrainings: int | None = None,
     clock=time.monotonic,
+    keep_going: bool = False,
 ) -> list[RetrainResult]:
-    """Retrain whenever the trigger fires, until ``stop`` is set or ``max_retrainings`` are done; the retrainings."""
+    """Retrain whenever the trigger fires, until ``stop`` is set or ``max_retrainings`` are done; the retrainings.
+
+    ``keep_going`` (``recflow retrain --watch``, the chart's retraining pod): a trigger read or a
+    retraining that fails is logged and the watch goes on, a failed retraining counting for the
+    cooldown like a finished one, so a run that fails every time is not started again at every
+    poll; otherwise the failure is raised.
+    """
     from recflow.platform.state import PlatformState
     from recflow.rollout.prometheus import Prometheus
 
@@ -228,15 +310,31 @@ def watch(
     last = clock()
     last_retrain: float | None = None
     while not stop.is_set():
-        state = PlatformState.read(workspace)
-        if state is None:
-            raise RuntimeError(f"no platform running in {workspace}: run `recflow up` first")
-        reason = trigger_reason(Prometheus(state.prometheus_url), config, clock() - last)
+        if config.cluster is not None:
+            prometheus_url = config.cluster.prometheus_url
+        else:
+            state = PlatformState.read(workspace)
+            if state is None:
+                raise RuntimeError(f"no platform running in {workspace}: run `recflow up` first")
+            prometheus_url = state.prometheus_url
+        try:
+            reason = trigger_reason(Prometheus(prometheus_url), config, clock() - last)
+        except Exception as error:
+            if not keep_going:
+                raise
+            log.warning("reading the drift verdict from %s failed, trying again: %s", prometheus_url, error)
+            reason = None
         cooling = last_retrain is not None and clock() - last_retrain < config.cooldown_minutes * 60
         if reason is not None and not cooling:
-            result = retrain(workspace, config, reason)
-            log.info("%s", result.summary())
-            done.append(result)
+            try:
+                result = retrain(workspace, config, reason)
+            except Exception:
+                if not keep_going:
+                    raise
+                log.exception("retraining (%s) failed; the next may start after the cooldown", reason)
+            else:
+                log.info("%s", result.summary())
+                done.append(result)
             last = last_retrain = clock()
             if max_retrainings is not None and len(done) >= max_retrainings:
                 break

@@ -18,7 +18,6 @@ The decision log (JSON lines) and the HTML report go to
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from recflow.platform.commands import CONFIG_FILE
 from recflow.platform.config import PlatformConfig
 from recflow.platform.state import PlatformState, alive, platform_directory
 from recflow.rollout.analysis import ScoreReferences
-from recflow.rollout.controller import RolloutConfig, RolloutResult, carry_out, render_report
+from recflow.rollout.controller import RolloutConfig, RolloutResult, carry_out, render_report, rollout_files
 from recflow.rollout.faults import bad_model_bundle, serving_fault
 from recflow.rollout.prometheus import Prometheus, variant_metrics
 from serving.config import ServingConfig
@@ -108,9 +107,7 @@ def rollout(
     if config.interval_seconds < 3 * scrape:
         raise ValueError(f"the interval ({config.interval_seconds} s) must span at least 3 scrapes "
                          f"({scrape} s apart) for Prometheus to measure an increase over it")  # fmt: skip
-    directory = platform_directory(backend.workspace) / "rollouts" / f"{dt.datetime.now():%Y%m%d-%H%M%S}"
-    log_path = directory / "rollout.jsonl"
-    report = Path(report) if report is not None else directory / "rollout.html"
+    directory, log_path, report = rollout_files(platform_directory(backend.workspace), report)
     window = f"{round(config.interval_seconds * 1000)}ms"  # PromQL durations take whole units
     prometheus = Prometheus(backend.state.prometheus_url)
     serving_config = None

@@ -26,6 +26,7 @@ traffic weight, p99 latency and click-through per variant over time.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import html
 import json
 import time
@@ -145,6 +146,12 @@ def carry_out(
     else:
         backend.roll_back()
     return result
+
+
+def rollout_files(root: str | Path, report: str | Path | None = None) -> tuple[Path, Path, Path]:
+    """(directory, decision log, HTML report) of a new rollout: ``<root>/rollouts/<time>/``, the report where asked."""
+    directory = Path(root) / "rollouts" / f"{dt.datetime.now():%Y%m%d-%H%M%S}"
+    return directory, directory / "rollout.jsonl", Path(report) if report is not None else directory / "rollout.html"
 
 
 def read_log(log_path: str | Path) -> list[dict]:

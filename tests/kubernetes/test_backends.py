@@ -19,15 +19,20 @@ import os
 import re
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import kubernetes_validate
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from recflow.data.dataset import Dataset, write_dataset
+from recflow.data.world import generate_world, world_config
+from recflow.feedback.log import FeedbackEvent, FeedbackLog
 from recflow.kubernetes.inferenceservice import CanaryError, InferenceService, ServerlessCanary, StandardCanary
 from recflow.kubernetes.rollout import ClusterRolloutConfig, rollout_inferenceservice
 from recflow.kubernetes.trainjob import (
@@ -352,7 +357,7 @@ def serving_fields(form: str, uri: str) -> dict:
     return {"model": {**MODEL, "storageUri": uri}} if form == "model" else {"containers": [container(uri)]}
 
 
-def base_isvc(mode: str, form: str) -> dict:
+def base_isvc(mode: str, form: str, stable: str = STABLE_URI) -> dict:
     """The recommender InferenceService as deployed, serving the stable bundle."""
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
@@ -360,7 +365,7 @@ def base_isvc(mode: str, form: str) -> dict:
         "metadata": {"name": "recommender", "namespace": "recflow", "generation": 1,
                      "annotations": {"serving.kserve.io/deploymentMode": mode}},
         "spec": {"predictor": {"minReplicas": 1, "labels": {"app.kubernetes.io/component": "model-server"},
-                               **serving_fields(form, STABLE_URI)}},
+                               **serving_fields(form, stable)}},
     }  # fmt: skip
 
 
@@ -400,10 +405,10 @@ class FakeKServe:
     percent, ready unless broken.
     """
 
-    def __init__(self, mode: str, form: str = "container") -> None:
+    def __init__(self, mode: str, form: str = "container", stable: str = STABLE_URI) -> None:
         self.validator = crd_validator("serving.kserve.io_v1beta1_inferenceservice.json")
         self.mode = mode
-        self.isvc = base_isvc(mode, form)
+        self.isvc = base_isvc(mode, form, stable)
         self.patches: list[dict] = []
         self.revisions: list[tuple[str, str]] = []  # (name, storageUri)
         self.rolled_out = ""
@@ -585,6 +590,141 @@ def test_canary_that_never_gets_ready_is_rolled_back_with_the_reason(tmp_path):
         {"spec": {"predictor": {"canaryTrafficPercent": 0, **serving_fields("container", BROKEN_URI)}}},
         {"spec": {"predictor": {"canaryTrafficPercent": 0, **serving_fields("container", STABLE_URI)}}},
     ]
+
+
+@pytest.mark.parametrize("canary, outcome, code", [(HEALTHY, "promoted", 0), (FAILING, "rolled back", 1)])
+def test_recflow_rollout_on_a_cluster_from_the_command_line(tmp_path, monkeypatch, canary, outcome, code):
+    """``recflow rollout --cluster``: the rollout above from the command line, its records kept as the local one's.
+
+    Fakes the InferenceService API (KServe Serverless) and Prometheus as above, there being no
+    cluster here: the Kubernetes client's configuration is skipped and its API object is the fake.
+    The settings come from the files the command names; the decision log and the HTML report land
+    in the workspace's rollouts directory, and the exit status says promoted (0) or rolled back (1).
+    """
+    import recflow.kubernetes.rollout as cluster_rollout_module
+    from recflow.cli import main
+
+    api = FakeKServe("Serverless")
+    prometheus = FakePrometheus(SERVERLESS_SELECTORS, {"stable": HEALTHY, "canary": canary})
+    monkeypatch.setattr("recflow.kubernetes.load_client_config", lambda: None)
+    monkeypatch.setattr(k8s, "CustomObjectsApi", lambda: api)
+    monkeypatch.setattr(cluster_rollout_module, "Prometheus", lambda url: prometheus)
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump({"prometheus_url": "http://prometheus.invalid", "namespace": "recflow",
+                                       "poll_seconds": 0.01, "ready_timeout_seconds": 10}))  # fmt: skip
+    settings = tmp_path / "rollout.yaml"
+    settings.write_text(yaml.safe_dump({"interval_seconds": 0.01}))
+    workspace = tmp_path / "ws"
+    command = ["rollout", "--workspace", str(workspace), "--candidate", CANDIDATE_URI, "--cluster", str(cluster),
+               "--config", str(settings), "--steps", "5,50,100"]  # fmt: skip
+
+    assert main(command) == code
+    (report,) = workspace.glob("platform/rollouts/*/rollout.html")
+    actions = [record["action"] for record in read_log(report.parent / "rollout.jsonl")]
+    assert actions == (["advance", "advance", "promote"] if outcome == "promoted" else ["rollback"])
+    assert served_uri(api.isvc["spec"]["predictor"]) == (CANDIDATE_URI if outcome == "promoted" else STABLE_URI)
+    assert {variant for variant, _ in prometheus.queries} == {"stable", "canary"}
+    # a fault drill is the local platform's: refused before anything is patched
+    patches = len(api.patches)
+    assert main([*command, "--inject-fault", "errors"]) == 2
+    assert len(api.patches) == patches
+
+
+@pytest.fixture(scope="module")
+def feedback_base(tmp_path_factory):
+    """A tiny world's dataset: what a stable model's card says it was trained on."""
+    world = generate_world(world_config("tiny"))
+    path = tmp_path_factory.mktemp("retrain") / "base"
+    return write_dataset(path, world.events, world.items, world.users, {"source": "world", "scale": "tiny", "seed": 0})
+
+
+def model_card(version: str, dataset) -> dict:
+    return {"version": version, "created_at": "2026-11-30T00:00:00+00:00", "feature_service": "ranking_v1",
+            "metrics": {"model": {}}, "data": {"dataset": str(dataset)}}  # fmt: skip
+
+
+@pytest.mark.parametrize("blessed", [True, False])
+def test_retraining_on_a_cluster_runs_on_kubeflow_and_rolls_the_new_model_out(tmp_path, monkeypatch, feedback_base, blessed):
+    """``recflow retrain`` in the chart's pod: the stable model is the one the InferenceService serves
+    (``pvc://recflow-workspace/models/<version>``, the volume mounted as the workspace); the feedback
+    logged there is folded into its dataset, the pipeline runs on Kubeflow Pipelines on that data and
+    workspace, and the model its export registers is rolled out on the InferenceService.
+
+    Fakes, there being no cluster here: the InferenceService API and Prometheus as above, and Kubeflow
+    Pipelines, whose run, once waited for, has registered a new bundle (``blessed``) or none
+    (``submit`` itself is tested in test_submit_pipeline.py).
+    """
+    from recflow.feedback.service import LOG_FILE
+    from recflow.kubernetes.submit import Submitted
+    from recflow.pipeline.registry import ModelRegistry
+    from recflow.pipeline.retrain import RetrainConfig, retrain
+
+    workspace = tmp_path / "workspace"
+    registry = ModelRegistry(workspace / "models")
+    stable_version, candidate_version = "20250101-000000-aaaaaaaa", "20250108-000000-bbbbbbbb"
+    for version in (stable_version, candidate_version):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "model_card.json").write_text(json.dumps(model_card(version, feedback_base.path)))
+    registry.register(tmp_path / stable_version, model_card(stable_version, feedback_base.path))
+    with FeedbackLog(workspace / LOG_FILE) as log:
+        log.append([FeedbackEvent(event_id=f"live-{n}", user_id="u1", item_id="i1", clicked=n % 2 == 0,
+                                  event_timestamp=pd.Timestamp("2026-11-30T12:00:00Z") + pd.Timedelta(seconds=n),
+                                  variant="stable", model_version=stable_version) for n in range(20)])  # fmt: skip
+
+    api = FakeKServe("Serverless", stable=f"pvc://recflow-workspace/models/{stable_version}")
+    prometheus = FakePrometheus(SERVERLESS_SELECTORS, {"stable": HEALTHY, "canary": HEALTHY})
+    submitted = []
+
+    def submit(host, parameters, workspace=None, client=None):
+        submitted.append((host, parameters, workspace))
+        return Submitted("run-1", "pipeline-1", "version-1", "experiment-1", f"{host}/#/runs/details/run-1")
+
+    class KubeflowPipelines:
+        def __init__(self, host):
+            assert host == "http://ml-pipeline.kubeflow:8888"
+
+        def wait_for_run_completion(self, run_id, timeout):
+            assert run_id == "run-1" and timeout == 180 * 60
+            if blessed:  # what the run's export step does
+                registry.register(tmp_path / candidate_version, model_card(candidate_version, "unused"))
+            return SimpleNamespace(state="SUCCEEDED")
+
+    monkeypatch.setattr("recflow.kubernetes.submit.submit", submit)
+    monkeypatch.setattr("kfp.Client", KubeflowPipelines)
+    monkeypatch.setattr("recflow.kubernetes.load_client_config", lambda: None)
+    monkeypatch.setattr(k8s, "CustomObjectsApi", lambda: api)
+    monkeypatch.setattr("recflow.kubernetes.rollout.Prometheus", lambda url: prometheus)
+    config = RetrainConfig(
+        host="http://ml-pipeline.kubeflow:8888",
+        cluster=ClusterRolloutConfig(prometheus_url="http://prometheus.invalid", namespace="recflow",
+                                     poll_seconds=0.01, ready_timeout_seconds=10),
+        rollout=RolloutConfig(analysis=AnalysisConfig(steps=[5, 50, 100]), interval_seconds=0.01),
+    )  # fmt: skip
+
+    result = retrain(workspace, config, "drift")
+
+    # the folded data is on the workspace volume, and the run reads it there
+    (host, parameters, run_workspace) = submitted[0]
+    assert result.dataset.parent == (workspace / "datasets").resolve() and result.feedback_events == 20
+    assert parameters.data_source == str(result.dataset) and parameters.test_days == 1
+    assert run_workspace == str(workspace.resolve()) and result.run.endswith("/#/runs/details/run-1")
+    assert Dataset(result.dataset).manifest["feedback_folds"][-1]["last_sequence"] == 20
+    if blessed:
+        candidate_uri = f"pvc://recflow-workspace/models/{candidate_version}"
+        assert result.blessed and result.rollout.outcome == "promoted"
+        assert served_uri(api.isvc["spec"]["predictor"]) == candidate_uri
+        assert result.rollout_report.is_file() and result.rollout_report.is_relative_to(workspace.resolve())
+    else:
+        assert not result.blessed and result.rollout is None and api.patches == []
+
+
+def test_retraining_on_kubeflow_needs_the_cluster_to_roll_out_on():
+    from recflow.pipeline.retrain import RetrainConfig
+
+    with pytest.raises(ValueError, match="host and cluster go together"):
+        RetrainConfig(host="http://ml-pipeline.kubeflow:8888")
+    with pytest.raises(ValueError, match="host and cluster go together"):
+        RetrainConfig(cluster=ClusterRolloutConfig(prometheus_url="http://prometheus.monitoring:9090"))
 
 
 def test_serverless_backend_refuses_raw_deployment_mode():

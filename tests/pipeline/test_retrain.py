@@ -7,6 +7,7 @@ tests/platform/test_platform.py.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pandas as pd
 import pytest
@@ -114,3 +115,50 @@ def test_history_snapshots_of_folded_days_hold_the_folds_log_position(base, tmp_
     assert set(history[base.days()[-1].isoformat()]["user_feedback_seq"]) == {0}
     assert set(history[first_fold.isoformat()]["user_feedback_seq"]) == {30}
     assert set(history[second_fold.isoformat()]["user_feedback_seq"]) == {60}
+
+
+def test_a_watch_that_keeps_going_survives_failures_and_keeps_the_cooldown(monkeypatch):
+    """What the chart's retraining pod runs (``recflow retrain --watch``): an unreachable Prometheus
+    and a retraining that fails are logged, not fatal, and a failed retraining counts for the
+    cooldown, so a run that always fails is not started at every poll. Without ``keep_going`` the
+    failure is raised. The cluster settings spare the local platform; nothing is contacted."""
+    from recflow.kubernetes.rollout import ClusterRolloutConfig
+    from recflow.pipeline import retrain as retraining
+    from recflow.rollout.prometheus import Prometheus
+
+    class Verdicts(Prometheus):
+        """Unreachable at the first read, then drift for good."""
+
+        reads = 0
+
+        def query(self, promql: str) -> list[dict]:
+            Verdicts.reads += 1
+            if Verdicts.reads == 1:
+                raise ConnectionError("Prometheus is not up yet")
+            return [{"metric": {}, "value": [0, "1"]}]
+
+    attempts: list[float] = []
+    now = [0.0]
+
+    def failing_retrain(workspace, config, reason):
+        attempts.append(now[0])
+        raise RuntimeError("pipeline run ended FAILED")
+
+    class ThreeHours(threading.Event):
+        def wait(self, timeout=None) -> bool:
+            now[0] += timeout
+            if now[0] >= 3 * 3600:
+                self.set()
+            return self.is_set()
+
+    monkeypatch.setattr("recflow.rollout.prometheus.Prometheus", Verdicts)
+    monkeypatch.setattr(retraining, "retrain", failing_retrain)
+    config = RetrainConfig(host="http://ml-pipeline.kubeflow:8888", poll_seconds=60, cooldown_minutes=60,
+                           cluster=ClusterRolloutConfig(prometheus_url="http://prometheus.invalid"))  # fmt: skip
+
+    done = retraining.watch("/nowhere", config, ThreeHours(), clock=lambda: now[0], keep_going=True)
+    assert done == [] and attempts == [60, 3660, 7260]  # after the failed read, then once an hour
+
+    Verdicts.reads, now[0] = 0, 0.0
+    with pytest.raises(ConnectionError):
+        retraining.watch("/nowhere", config, ThreeHours(), clock=lambda: now[0])
