@@ -40,7 +40,7 @@ k delete pod -n "$NAMESPACE" -l "serving.kserve.io/inferenceservice=$ISVC" --wai
 
 log "waiting for InferenceService $ISVC"
 k wait --for=condition=Ready "inferenceservice/$ISVC" -n "$NAMESPACE" --timeout=900s
-# The release's Deployments (feature server, Redis, feedback service, drift monitor) Available as well.
+# The release's Deployments (feature server, Redis, feedback service, drift monitor, retraining) Available as well.
 k wait --for=condition=Available deployment -l "app.kubernetes.io/instance=$RELEASE" -n "$NAMESPACE" --timeout=300s
 HOST="$(k get inferenceservice "$ISVC" -n "$NAMESPACE" -o jsonpath='{.status.components.predictor.url}' | cut -d/ -f3)"
 echo "predictor host: $HOST"

@@ -265,13 +265,13 @@ def test_every_pod_is_hardened_and_bounded(rendered):
 def test_pipeline_rbac_is_namespaced_and_minimal(rendered):
     out = rendered["default-values.yaml"]
     assert not out.of_kind("ClusterRole") and not out.of_kind("ClusterRoleBinding")
-    role = out.one("Role")
+    role = out.one("Role", "-pipeline")
     verbs = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
              for group in rule["apiGroups"] for resource in rule["resources"]}
     assert verbs[("trainer.kubeflow.org", "trainjobs")] >= {"create", "watch", "delete"}
     assert verbs[("serving.kserve.io", "inferenceservices")] >= {"get", "patch"}
     assert all("*" not in v for v in verbs.values()) and "create" not in verbs[("serving.kserve.io", "inferenceservices")]
-    binding = out.one("RoleBinding")
+    binding = out.one("RoleBinding", "-pipeline")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
@@ -414,8 +414,52 @@ def test_drift_monitor_settings_and_scrape_job(rendered, render_chart):
     assert jobs == {"feedback": "feedback", "drift-monitor": "monitor"}
 
 
-def test_drift_monitor_needs_the_feedback_service(render_chart):
+def test_the_loops_services_need_the_feedback_service(render_chart):
     with pytest.raises(helm.HelmError, match="driftMonitor.enabled needs feedback.enabled"):
-        render_chart({"feedback": {"enabled": False}})
-    out = render_chart({"feedback": {"enabled": False}, "driftMonitor": {"enabled": False}})
-    assert not [o for o in out.objects if o["metadata"]["name"].endswith(("-feedback", "-drift-monitor"))]
+        render_chart({"feedback": {"enabled": False}, "retrain": {"enabled": False}})
+    with pytest.raises(helm.HelmError, match="retrain.enabled needs feedback.enabled"):
+        render_chart({"feedback": {"enabled": False}, "driftMonitor": {"enabled": False}})
+    out = render_chart({"feedback": {"enabled": False}, "driftMonitor": {"enabled": False}, "retrain": {"enabled": False}})
+    assert not [o for o in out.objects if o["metadata"]["name"].endswith(("-feedback", "-drift-monitor", "-retrain"))]
+
+
+def test_retraining_pod_watches_with_the_release_settings_and_may_patch_only_its_inference_service(rendered, render_chart):
+    from recflow.cli import build_parser
+    from recflow.pipeline.retrain import RetrainConfig
+
+    out = rendered["default-values.yaml"]
+    deployment, spec, container = loop_container(out, "retrain")
+    assert container["image"] == images()["pipeline"] and container["command"] == ["recflow", "retrain"]
+    args = build_parser().parse_args(["retrain", *container["args"]])
+    assert args.watch
+    # the workspace volume, written (the folded data, the rollout records) at the path the pipeline's tasks use
+    mount, volume = mounted(spec, container, args.workspace)
+    assert volume["persistentVolumeClaim"]["claimName"] == out.one("PersistentVolumeClaim")["metadata"]["name"]
+    assert args.workspace == "/recflow/workspace" and not mount.get("readOnly")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+    def settings(out) -> RetrainConfig:
+        _, spec, container = loop_container(out, "retrain")
+        path = Path(build_parser().parse_args(["retrain", *container["args"]]).config)
+        _, volume = mounted(spec, container, str(path.parent))
+        return RetrainConfig.model_validate(yaml.safe_load(out.one("ConfigMap", "-retrain")["data"][path.name]))
+
+    config = settings(out)
+    assert config.host == "http://ml-pipeline.kubeflow:8888"
+    assert config.cluster.prometheus_url == "http://kube-prometheus-stack-prometheus.monitoring:9090"
+    assert (config.cluster.inference_service, config.cluster.mode) == ("recommender", "serverless")
+    assert settings(rendered["standard-mode-values.yaml"]).cluster.mode == "standard"
+    tuned = settings(render_chart({"retrain": {"config": {"cooldown_minutes": 90, "parameters": {"epochs": 2}}}}))
+    assert (tuned.cooldown_minutes, tuned.parameters) == (90, {"epochs": 2})
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    keys = schema["properties"]["retrain"]["properties"]["config"]["properties"]
+    assert set(keys) <= set(RetrainConfig.model_fields) - {"host", "cluster"}
+
+    # its own identity, with a token, allowed to read and patch this release's InferenceService alone
+    account = spec["serviceAccountName"]
+    assert spec["automountServiceAccountToken"] is True and account != out.one("ServiceAccount", "recflow")["metadata"]["name"]
+    binding = out.one("RoleBinding", "-retrain")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "kubeflow"}]
+    (rule,) = out.one("Role", binding["roleRef"]["name"])["rules"]
+    assert rule == {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                    "resourceNames": [out.one("InferenceService")["metadata"]["name"]], "verbs": ["get", "patch"]}  # fmt: skip

@@ -30,8 +30,11 @@ SKIPPED = {
     "CKV_K8S_15",
 }
 # Checks skipped on single objects by a `checkov.io/skip` annotation next to the
-# object, with the reason written there; any other annotation-skip is a failure.
-ANNOTATED = {"CKV_K8S_35"}
+# object, with the reason written there; any other annotation-skip is a failure:
+# secrets as environment (Feast reads its registry URL from there only); for the
+# retraining pod alone, a service-account token (it patches the InferenceService)
+# and no probes (a loop with no port).
+ANNOTATED = {"CKV_K8S_35", "CKV_K8S_38", "CKV_K8S_8", "CKV_K8S_9"}
 
 
 def checkov_results(directory: Path) -> list[dict]:
@@ -62,8 +65,11 @@ def test_rendered_chart_passes_checkov(rendered, tmp_path):
     assert not failed, "\n".join(failed)
     summary = reports[0]["summary"]
     assert summary["passed"] > 1000 and summary["parsing_errors"] == 0, summary
-    skipped = {check["check_id"] for report in reports for check in report["results"].get("skipped_checks", [])}
-    assert skipped <= ANNOTATED, f"unexpected suppressions: {skipped - ANNOTATED}"
+    # --quiet lists no skipped checks, only their number: the annotations say which they are
+    skips = [value.split("=")[0] for out in rendered.values() for o in out.objects
+             for key, value in (o["metadata"].get("annotations") or {}).items() if key.startswith("checkov.io/skip")]  # fmt: skip
+    assert set(skips) <= ANNOTATED, f"unexpected suppressions: {set(skips) - ANNOTATED}"
+    assert summary["skipped"] == len(skips), summary  # each one honoured, nothing else skipped
 
 
 def test_checkov_catches_a_privileged_container(rendered, tmp_path):
