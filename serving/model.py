@@ -15,6 +15,12 @@ its own, whose clients under steady load ask again at once, and those that
 queued while it ran. The stack's cost is mostly per call, not
 per user, so under load a request pays for a share of a batch instead of a
 whole call; a lone client is never held back waiting for company.
+
+On a cluster every answer names the variant that served it in
+``X-Recflow-Variant`` (:func:`served_variant`), as the local platform's
+proxy does: the feedback a client sends back carries it, so the canary
+analysis and the drift monitor tell the stable model's traffic from the
+canary's.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +44,7 @@ from kserve.protocol.infer_type import InferRequest
 
 from recflow.features.online import UserFeatureReader, UserFeatures
 from recflow.recommender.online import Answer, BatchTrace, Bundle, OnlineRecommender, Query, load_bundle
+from recflow.rollout.proxy import VARIANT_HEADER
 from serving import metrics
 from serving.config import ServingConfig
 from serving.protocol import parse_v1, parse_v2, v1_response, v2_response
@@ -48,13 +56,26 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by :class:`~serving.config.FaultConfig` ``errors``: KServe answers it with HTTP 500."""
 
 MODEL_NAME = "recommender"
+# The pod's name, from the Downward API (the chart sets it in Standard mode).
+POD_NAME_ENV = "RECFLOW_POD_NAME"
 # A user id no one has: the warm-up reads it (default features) and runs the stack on it.
 WARM_UP_USER = "__recflow_warm_up__"
 
 
+def served_variant(environ=os.environ) -> str:
+    """The name this server answers as on a cluster, the one the canary analysis selects feedback by:
+    its Knative revision (``K_REVISION``, Serverless mode), else the Deployment of its pod
+    (``<deployment>-<replicaset hash>-<suffix>``, Standard mode); "" on the local platform, whose
+    proxy names the slot instead."""
+    if environ.get("K_REVISION"):
+        return environ["K_REVISION"]
+    pod = environ.get(POD_NAME_ENV, "")
+    return pod.rsplit("-", 2)[0] if pod.count("-") >= 2 else ""
+
+
 class RecommenderModel(Model):
     def __init__(self, bundle_dir: str | Path, feature_repo: str | Path, config: ServingConfig, name: str = MODEL_NAME):
-        super().__init__(name)
+        super().__init__(name, return_response_headers=True)  # predict names the variant in a header
         self.bundle_dir = Path(bundle_dir)
         self.feature_repo = Path(feature_repo)
         self.config = config
@@ -62,6 +83,7 @@ class RecommenderModel(Model):
         self.recommender: OnlineRecommender | None = None
         self.reader: UserFeatureReader | None = None
         self._batcher: MicroBatcher | None = None
+        self.variant = served_variant()
 
     def load(self) -> bool:
         """Load the bundle and connect to the feature store; ``ready`` only once both worked."""
@@ -88,6 +110,8 @@ class RecommenderModel(Model):
     async def predict(self, payload, headers=None, response_headers=None):
         started = time.perf_counter()
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
+        if self.variant and response_headers is not None:
+            response_headers[VARIANT_HEADER] = self.variant
         try:
             await self._injected_fault()
             if protocol == "v2":

@@ -184,8 +184,7 @@ class ServerlessCanary:
         self.stable_predictor = current["spec"]["predictor"]
         if candidate_uri == storage_uri(self.stable_predictor):
             raise CanaryError(f"{self.isvc.name} already serves {candidate_uri}")
-        predictor = current["status"]["components"]["predictor"]
-        self.stable_revision = predictor.get("latestRolledoutRevision") or predictor["latestReadyRevision"]
+        self.stable_revision = stable_variant(current)
         log.info("starting the canary %s beside revision %s", candidate_uri, self.stable_revision)
         self.isvc.patch({"spec": {"predictor": {"canaryTrafficPercent": 0, **serving(self.stable_predictor, candidate_uri)}}})
         self.started = True
@@ -292,5 +291,20 @@ class StandardCanary:
                                             ("canary", self.deployment(self.canary_name)))}  # fmt: skip
 
     def deployment(self, predictor_name: str | None) -> str:
-        """KServe's Deployment of a predictor: ``<isvc>-predictor``, or ``<isvc>-<name>-predictor`` when named."""
-        return f"{self.isvc.name}-{predictor_name}-predictor" if predictor_name else f"{self.isvc.name}-predictor"
+        return predictor_deployment(self.isvc.name, predictor_name)
+
+
+def predictor_deployment(isvc_name: str, predictor_name: str | None) -> str:
+    """KServe's Deployment of a predictor (Standard mode): ``<isvc>-predictor``, or ``<isvc>-<name>-predictor`` when named."""
+    return f"{isvc_name}-{predictor_name}-predictor" if predictor_name else f"{isvc_name}-predictor"
+
+
+def stable_variant(isvc: dict) -> str:
+    """The variant the stable model answers as, the name feedback carries on a cluster: in Serverless
+    mode its Knative revision (the rolled-out one), else the stable predictor's Deployment. The drift
+    monitor follows that variant's feedback; "" while there is none yet."""
+    status = isvc.get("status", {})
+    if status.get("deploymentMode", "Serverless") == "Serverless":
+        predictor = status.get("components", {}).get("predictor", {})
+        return predictor.get("latestRolledoutRevision") or predictor.get("latestReadyRevision", "")
+    return predictor_deployment(isvc["metadata"]["name"], isvc["spec"]["predictor"].get("name"))

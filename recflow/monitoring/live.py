@@ -174,16 +174,26 @@ def _categories_frame(column: str, item_ids: Sequence[str], categories: pd.Serie
 class LiveDriftMonitor:
     """Follows a feedback log and scores the stable model's newest events against its bundle's references.
 
-    The monitored model is the one the latest ``stable`` event names
-    (``model_version``); ``locate(version)`` finds its bundle directory
+    The monitored model is the one the latest event of the stable variant
+    names (``model_version``); ``locate(version)`` finds its bundle directory
     (None: unknown). After a promotion the window starts again with the new
-    model's events.
+    model's events. ``stable_variant()``, asked at every poll, names that
+    variant: ``stable`` on the local platform (the proxy's slot names), on a
+    cluster the InferenceService's rolled-out revision or stable Deployment
+    (:func:`recflow.monitoring.service.cluster_stable_variant`).
     """
 
-    def __init__(self, log_path: Path, locate: Callable[[str], Path | None], config: MonitorConfig) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        locate: Callable[[str], Path | None],
+        config: MonitorConfig,
+        stable_variant: Callable[[], str] = lambda: STABLE_VARIANT,
+    ) -> None:
         self.log = FeedbackLog(log_path)
         self.locate = locate
         self.config = config
+        self.stable_variant = stable_variant
         self.version: str | None = None
         self.references: dict[str, DriftReference] | None = None
         self.categories: pd.Series | None = None
@@ -196,9 +206,10 @@ class LiveDriftMonitor:
         """Read the events logged since the last poll, score the window, publish the gauges; the report."""
         if not self.log.path.exists():
             return self.report
+        stable = self.stable_variant()
         for sequence, event in self.log.read(after=self.position):
             self.position = sequence
-            if event.variant != STABLE_VARIANT or not event.model_version:
+            if event.variant != stable or not event.model_version:
                 continue
             if event.model_version != self.version:
                 self._follow(event.model_version)

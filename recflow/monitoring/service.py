@@ -10,7 +10,10 @@ Endpoints:
 - ``GET /metrics``: Prometheus (``recflow_drift_*``, read by the alerting
   rules in ``rules/`` under the scrape job ``monitor``).
 
-The local platform (``recflow up``) runs it beside the feedback service.
+The local platform (``recflow up``) runs it beside the feedback service; on a
+cluster the chart does, with ``--inference-service``: there the stable
+model's feedback is labelled with its revision (or Deployment), which the
+InferenceService's status names.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import json
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from recflow.feedback.service import DEFAULT_WORKSPACE, LOG_FILE
-from recflow.monitoring.live import LiveDriftMonitor, MonitorConfig
+from recflow.monitoring.live import STABLE_VARIANT, LiveDriftMonitor, MonitorConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +86,36 @@ def find_bundle(workspace: Path, version: str) -> Path | None:
     return registered if registered.is_dir() else None
 
 
+def cluster_stable_variant(inference_service: str, api=None) -> Callable[[], str]:
+    """The variant the InferenceService's stable model answers as (its rolled-out revision, or its
+    Deployment in Standard mode), read at each call; the last one read if the API does not answer."""
+    from recflow.kubernetes import current_namespace, custom_objects_api
+    from recflow.kubernetes.inferenceservice import InferenceService, stable_variant
+
+    isvc = InferenceService(inference_service, current_namespace(), api if api is not None else custom_objects_api())
+    known = ""
+
+    def read() -> str:
+        nonlocal known
+        try:
+            known = stable_variant(isvc.get())
+        except Exception as error:  # the API server's own types; the next poll asks again
+            log.warning("reading InferenceService %s failed, still following %r: %s", inference_service, known, error)
+        return known
+
+    return read
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, also read by the chart's test: the Deployment's args must parse."""
     parser = argparse.ArgumentParser(prog="python -m recflow.monitoring", description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
     parser.add_argument("--log", help=f"the feedback log (default: <workspace>/{LOG_FILE})")
     parser.add_argument("--config", help="monitor settings (YAML, see recflow/monitoring/live.py MonitorConfig)")
+    parser.add_argument(
+        "--inference-service", help="on a cluster: follow the feedback of this InferenceService's stable variant "
+        "(its rolled-out revision or stable Deployment) instead of the variant named 'stable'",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (a pod: 0.0.0.0); default: 127.0.0.1")
     parser.add_argument("--port", type=int, default=8091)
     return parser
@@ -101,5 +129,6 @@ def main(argv: list[str] | None = None) -> None:
     config = MonitorConfig.model_validate(yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else MonitorConfig()
     workspace = Path(args.workspace)
     log_path = Path(args.log) if args.log else workspace / LOG_FILE
-    monitor = LiveDriftMonitor(log_path, lambda version: find_bundle(workspace, version), config)
+    stable = cluster_stable_variant(args.inference_service) if args.inference_service else lambda: STABLE_VARIANT
+    monitor = LiveDriftMonitor(log_path, lambda version: find_bundle(workspace, version), config, stable)
     uvicorn.run(create_app(monitor), host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -727,6 +727,34 @@ def test_retraining_on_kubeflow_needs_the_cluster_to_roll_out_on():
         RetrainConfig(cluster=ClusterRolloutConfig(prometheus_url="http://prometheus.monitoring:9090"))
 
 
+def test_the_drift_monitor_follows_the_inference_services_stable_variant(monkeypatch):
+    """Fakes the InferenceService API: the variant the monitor follows is the rolled-out revision
+    through a canary until the promotion (Serverless), the stable predictor's Deployment (Standard),
+    and the last one read while the API does not answer."""
+    from recflow.monitoring.service import cluster_stable_variant
+
+    monkeypatch.setattr("recflow.kubernetes.current_namespace", lambda: "recflow")
+    api = FakeKServe("Serverless")
+    stable = cluster_stable_variant("recommender", api)
+    assert stable() == "recommender-predictor-00001"
+    canary = ServerlessCanary(InferenceService("recommender", "recflow", api, poll_seconds=0, sleep=lambda s: None))
+    canary.start_canary(CANDIDATE_URI)
+    canary.set_canary_percent(50)
+    assert stable() == "recommender-predictor-00001"
+    canary.promote()
+    assert stable() == "recommender-predictor-00002" == canary.selectors()["canary"].feedback.split('"')[1]
+
+    def unreachable(*args):
+        raise ApiException(status=503, reason="Service Unavailable")
+
+    monkeypatch.setattr(api, "get_namespaced_custom_object", unreachable)
+    assert stable() == "recommender-predictor-00002"
+
+    raw = FakeKServe("RawDeployment")
+    assert cluster_stable_variant("recommender", raw)() == "recommender-predictor"
+    assert StandardCanary(InferenceService("recommender", "recflow", raw)).deployment(None) == "recommender-predictor"
+
+
 def test_serverless_backend_refuses_raw_deployment_mode():
     """Fakes an InferenceService in RawDeployment mode: canaryTrafficPercent would be ignored, so nothing is patched."""
     api = FakeKServe("RawDeployment")

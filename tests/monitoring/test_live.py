@@ -156,3 +156,22 @@ def test_a_bundle_without_export_time_scores_has_no_score_reference(setting, tmp
     path.write_text(json.dumps(document))
     assert read_score_reference(bundles / "v1") is None and read_references(bundles / "v1", CONFIG) is not None
     assert read_score_reference(tmp_path) is None
+
+
+def test_on_a_cluster_the_stable_variant_is_whatever_the_inference_service_rolled_out(setting, tmp_path):
+    """Feedback on a cluster is labelled with revisions (the server names its own); the monitor asks
+    at each poll which one is stable, and follows it through a promotion."""
+    _, log, rng, bundles = setting
+    make_bundle(bundles, "v2", rng)
+    stable = ["recommender-predictor-00001"]
+    monitor = LiveDriftMonitor(log.path, lambda version: bundles / version, CONFIG, stable_variant=lambda: stable[0])
+    log_traffic(log, rng, "v1", 600, EVEN, variant="recommender-predictor-00001")
+    log_traffic(log, rng, "v2", 600, SKEWED, variant="recommender-predictor-00002")  # the canary
+    report = monitor.poll()
+    assert report["model_version"] == "v1" and not report["drifted"]
+    assert report["windows"][SERVED]["rows"] == 600 + 600 // 5  # the stable revision's events only
+    stable[0] = "recommender-predictor-00002"  # promoted
+    log_traffic(log, rng, "v2", 600, SKEWED, variant="recommender-predictor-00002")
+    report = monitor.poll()
+    assert report["model_version"] == "v2" and report["windows"][SERVED]["rows"] == 600 + 600 // 5
+    assert report["drifted"]  # its clicks crowd into two categories

@@ -18,6 +18,9 @@ import yaml
 
 from serving.process import ServerProcess, free_port
 
+# The revision name Knative gives the server in K_REVISION on a cluster.
+REVISION = "recommender-predictor-00001"
+
 
 def _serving_config(path: Path, workspace, **settings) -> Path:
     """A serving config pinned to the workspace's request instant, with ``settings`` on top."""
@@ -33,11 +36,11 @@ def serving_config(workspace, tmp_path):
 
 @pytest.fixture(scope="session")
 def server(workspace, tmp_path_factory):
-    """The recommender over the workspace's SQLite online store."""
+    """The recommender over the workspace's SQLite online store, as a Knative revision runs it (``K_REVISION``)."""
     tmp = tmp_path_factory.mktemp("server")
     config = _serving_config(tmp / "serving.yaml", workspace, max_k=50, max_users_per_request=16)
     arguments = ["--bundle", str(workspace.bundle), "--feature-repo", str(workspace.feature_repo), "--config", str(config)]
-    with ServerProcess(arguments, tmp / "server.log") as process:
+    with ServerProcess(arguments, tmp / "server.log", env={"K_REVISION": REVISION}) as process:
         yield process
 
 

@@ -88,6 +88,21 @@ def _samples(server) -> dict[str, float]:
     }
 
 
+def test_answers_name_the_variant_that_served_them(server, workspace):
+    """On a cluster the feedback a client returns must carry the variant that answered (the canary
+    analysis and the drift monitor select by it): the server names its Knative revision, or in
+    Standard mode its pod's Deployment; on the local platform the proxy does instead."""
+    from serving.model import served_variant
+
+    user = known_users(workspace, 1)[0]
+    v1 = post(server, V1, {"instances": [{"user_id": user}]})
+    v2 = post(server, V2, {"inputs": [{"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [user]}]})
+    assert v1.status_code == v2.status_code == 200
+    assert v1.headers["X-Recflow-Variant"] == v2.headers["X-Recflow-Variant"] == server.env["K_REVISION"]
+    assert served_variant({"RECFLOW_POD_NAME": "recommender-c1a2b3c4-predictor-5d8f9c7b6-x2k4q"}) == "recommender-c1a2b3c4-predictor"
+    assert served_variant({}) == ""
+
+
 def test_metrics_count_stages_fallbacks_scores_and_feature_age(server, workspace):
     before = _samples(server)
     post(server, V1, {"instances": [{"user_id": known_users(workspace, 1)[0], "k": 5}, {"user_id": "another-unknown"}]})
