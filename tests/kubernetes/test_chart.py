@@ -169,6 +169,22 @@ def test_standard_mode_canary_is_a_second_predictor(rendered):
     assert "canary" not in plain["spec"]
 
 
+def test_model_server_answers_as_the_variant_the_cluster_rollout_measures(rendered):
+    """The server names itself in X-Recflow-Variant: in Standard mode from its pod's name (the Downward
+    API), which must give the Deployment name the rollout selects feedback by; in Knative mode from
+    K_REVISION, which Knative sets, so no fieldRef (Knative refuses one unless enabled)."""
+    from recflow.kubernetes.inferenceservice import predictor_deployment
+    from serving.model import POD_NAME_ENV, served_variant
+
+    isvc = rendered["standard-mode-values.yaml"].one("InferenceService")
+    (pod_name,) = [e for e in kserve_container(isvc["spec"]["predictor"])["env"] if e["name"] == POD_NAME_ENV]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    deployment = predictor_deployment(isvc["metadata"]["name"], isvc["spec"]["predictor"].get("name"))
+    assert served_variant({POD_NAME_ENV: f"{deployment}-6d4f8b9c7-q2x5z"}) == deployment
+    knative = kserve_container(rendered["default-values.yaml"].one("InferenceService")["spec"]["predictor"])
+    assert POD_NAME_ENV not in {e["name"] for e in knative["env"]}
+
+
 def test_model_server_runs_the_serving_image_with_the_bundle_and_feature_store(rendered):
     container = kserve_container(rendered["default-values.yaml"].one("InferenceService")["spec"]["predictor"])
     assert container["image"] == images()["serving"]
@@ -412,6 +428,23 @@ def test_drift_monitor_settings_and_scrape_job(rendered, render_chart):
         labels = out.one("Deployment", f"-{component}")["spec"]["template"]["metadata"]["labels"]
         assert service_monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert jobs == {"feedback": "feedback", "drift-monitor": "monitor"}
+
+
+def test_drift_monitor_may_read_its_inference_service_and_nothing_else(rendered):
+    """On a cluster it follows the variant the InferenceService rolled out (recflow/monitoring/service.py)."""
+    from recflow.monitoring import service as monitoring
+
+    out = rendered["default-values.yaml"]
+    _, spec, container = loop_container(out, "drift-monitor")
+    isvc = out.one("InferenceService")["metadata"]["name"]
+    assert monitoring.build_parser().parse_args(container["args"]).inference_service == isvc
+    assert spec["automountServiceAccountToken"] is True
+    binding = out.one("RoleBinding", "-drift-monitor")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": spec["serviceAccountName"], "namespace": "kubeflow"}]
+    (rule,) = out.one("Role", binding["roleRef"]["name"])["rules"]
+    assert rule == {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "resourceNames": [isvc],
+                    "verbs": ["get"]}  # fmt: skip
+    assert loop_container(out, "feedback")[1]["automountServiceAccountToken"] is False
 
 
 def test_the_loops_services_need_the_feedback_service(render_chart):

@@ -32,8 +32,8 @@ SKIPPED = {
 # Checks skipped on single objects by a `checkov.io/skip` annotation next to the
 # object, with the reason written there; any other annotation-skip is a failure:
 # secrets as environment (Feast reads its registry URL from there only); for the
-# retraining pod alone, a service-account token (it patches the InferenceService)
-# and no probes (a loop with no port).
+# drift monitor and the retraining pod, a service-account token (they read or
+# patch the InferenceService); for the retraining pod, no probes (a loop with no port).
 ANNOTATED = {"CKV_K8S_35", "CKV_K8S_38", "CKV_K8S_8", "CKV_K8S_9"}
 
 
