@@ -121,7 +121,9 @@ def test_a_watch_that_keeps_going_survives_failures_and_keeps_the_cooldown(monke
     """What the chart's retraining pod runs (``recflow retrain --watch``): an unreachable Prometheus
     and a retraining that fails are logged, not fatal, and a failed retraining counts for the
     cooldown, so a run that always fails is not started at every poll. Without ``keep_going`` the
-    failure is raised. The cluster settings spare the local platform; nothing is contacted."""
+    failure is raised. Faked: a Prometheus whose first read fails and a retraining that always
+    fails (the failures are what is tested; the real ones run in tests/platform), and the clock;
+    the cluster settings spare the local platform, and nothing is contacted."""
     from recflow.kubernetes.rollout import ClusterRolloutConfig
     from recflow.pipeline import retrain as retraining
     from recflow.rollout.prometheus import Prometheus
