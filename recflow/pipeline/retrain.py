@@ -71,6 +71,9 @@ from recflow.rollout.controller import RolloutConfig, RolloutResult
 log = logging.getLogger(__name__)
 
 DATASETS_DIR = "datasets"
+# A retraining's dataset is <workspace>/datasets/retrain-<UTC time it started>: the record of when
+# the last one ran, which the trigger's cooldown reads back after a restart.
+RETRAIN_PREFIX, RETRAIN_TIME = "retrain-", "%Y%m%d-%H%M%S"
 # The dataset manifest's record of the feedback folded into it, oldest first:
 # where each fold's events start and the last log position each holds.
 FOLDS_KEY = FEEDBACK_FOLDS
@@ -211,7 +214,7 @@ def retrain(workspace: str | Path, config: RetrainConfig, reason: str, feedback_
     workspace = Path(workspace).resolve()
     stable = _cluster_stable_bundle(workspace, config.cluster) if config.cluster else _platform_stable_bundle(workspace)
     base = training_dataset(json.loads((stable / "model_card.json").read_text()))
-    out = workspace / DATASETS_DIR / f"retrain-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    out = workspace / DATASETS_DIR / f"{RETRAIN_PREFIX}{dt.datetime.now(dt.timezone.utc):{RETRAIN_TIME}}"
     dataset, folded = fold_feedback(base, FeedbackLog(feedback_log or workspace / LOG_FILE), out, config.fold_days)
     log.info("retraining (%s): %d feedback events folded into %s", reason, folded, dataset.path)
     parameters = {
@@ -302,13 +305,18 @@ def watch(
     retraining that fails is logged and the watch goes on, a failed retraining counting for the
     cooldown like a finished one, so a run that fails every time is not started again at every
     poll; otherwise the failure is raised.
+
+    The cooldown and the schedule count from the last retraining of the workspace, this process's
+    or an earlier one's (its dataset's name says when it started): a restarted watcher does not
+    retrain at once on a verdict that still stands.
     """
     from recflow.platform.state import PlatformState
     from recflow.rollout.prometheus import Prometheus
 
     done: list[RetrainResult] = []
-    last = clock()
-    last_retrain: float | None = None
+    age = _last_retraining_age(Path(workspace))
+    last_retrain: float | None = None if age is None else clock() - age
+    last = clock() if last_retrain is None else last_retrain
     while not stop.is_set():
         if config.cluster is not None:
             prometheus_url = config.cluster.prometheus_url
@@ -340,6 +348,20 @@ def watch(
                 break
         stop.wait(config.poll_seconds)
     return done
+
+
+def _last_retraining_age(workspace: Path) -> float | None:
+    """Seconds since the workspace's newest retraining started (None: it has had none)."""
+    started = []
+    for path in (workspace / DATASETS_DIR).glob(f"{RETRAIN_PREFIX}*"):
+        try:
+            started.append(dt.datetime.strptime(path.name.removeprefix(RETRAIN_PREFIX), RETRAIN_TIME))
+        except ValueError:  # not a retraining's name
+            continue
+    if not started:
+        return None
+    newest = max(started).replace(tzinfo=dt.timezone.utc)
+    return max((dt.datetime.now(dt.timezone.utc) - newest).total_seconds(), 0.0)
 
 
 def trigger_reason(prometheus, config: RetrainConfig, since_last_seconds: float) -> str | None:

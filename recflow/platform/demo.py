@@ -162,7 +162,8 @@ def run_demo(workspace: str | Path, config: DemoConfig, progress: Callable[[str]
 
             since = time.monotonic()
             retraining = {name: value for name, value in config.parameters.items() if name not in RETRAINING_PARAMETERS}
-            retrain_config = RetrainConfig(poll_seconds=2, parameters=retraining, rollout=config.rollout)
+            # No cooldown: the demo asks for exactly one retraining, now, whatever an earlier run of it did.
+            retrain_config = RetrainConfig(poll_seconds=2, cooldown_minutes=0, parameters=retraining, rollout=config.rollout)
             sampler = _DriftSampler(monitor_url, report, started)
             with sampler:
                 (retrained,) = watch(workspace, retrain_config, threading.Event(), max_retrainings=1)

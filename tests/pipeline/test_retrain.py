@@ -164,3 +164,41 @@ def test_a_watch_that_keeps_going_survives_failures_and_keeps_the_cooldown(monke
     Verdicts.reads, now[0] = 0, 0.0
     with pytest.raises(ConnectionError):
         retraining.watch("/nowhere", config, ThreeHours(), clock=lambda: now[0])
+
+
+def test_a_restarted_watch_keeps_the_cooldown_of_the_workspaces_last_retraining(monkeypatch, tmp_path):
+    """The chart's retraining pod may restart (an upgrade, a node drained) while the drift verdict
+    still stands: the cooldown counts from the workspace's last retraining, which started 10 minutes
+    ago here (its dataset's name), not from the restart. Faked as above: Prometheus (drift), the
+    retraining (recorded, not run) and the clock."""
+    from recflow.kubernetes.rollout import ClusterRolloutConfig
+    from recflow.pipeline import retrain as retraining
+    from recflow.rollout.prometheus import Prometheus
+
+    class Drift(Prometheus):
+        def query(self, promql: str) -> list[dict]:
+            return [{"metric": {}, "value": [0, "1"]}]
+
+    ten_minutes_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)
+    (tmp_path / "datasets" / f"retrain-{ten_minutes_ago:%Y%m%d-%H%M%S}").mkdir(parents=True)
+    (tmp_path / "datasets" / "retrain-notes").mkdir()  # not a retraining's name: ignored
+    attempts: list[float] = []
+    now = [0.0]
+
+    def recorded_retrain(workspace, config, reason):
+        attempts.append(now[0])
+        raise RuntimeError("not run here")
+
+    class OneHour(threading.Event):
+        def wait(self, timeout=None) -> bool:
+            now[0] += timeout
+            if now[0] >= 3600:
+                self.set()
+            return self.is_set()
+
+    monkeypatch.setattr("recflow.rollout.prometheus.Prometheus", Drift)
+    monkeypatch.setattr(retraining, "retrain", recorded_retrain)
+    config = RetrainConfig(host="http://ml-pipeline.kubeflow:8888", poll_seconds=60, cooldown_minutes=30,
+                           cluster=ClusterRolloutConfig(prometheus_url="http://prometheus.invalid"))  # fmt: skip
+    retraining.watch(tmp_path, config, OneHour(), clock=lambda: now[0], keep_going=True)
+    assert attempts == [1200, 3000]  # 30 minutes after the last one started, not at once; then every 30
