@@ -117,15 +117,46 @@ def test_history_snapshots_of_folded_days_hold_the_folds_log_position(base, tmp_
     assert set(history[second_fold.isoformat()]["user_feedback_seq"]) == {60}
 
 
+class Watched:
+    """A retraining watch with fakes: a clock that the watch's waits move, a retraining that is
+    recorded and fails (the failures are what is tested; real retrainings run in tests/platform),
+    and the cluster settings, which spare the local platform; nothing is contacted."""
+
+    def __init__(self, monkeypatch, prometheus) -> None:
+        from recflow.pipeline import retrain as retraining
+
+        self.now = 0.0
+        self.attempts: list[float] = []
+        self.retraining = retraining
+        monkeypatch.setattr("recflow.rollout.prometheus.Prometheus", prometheus)
+        monkeypatch.setattr(retraining, "retrain", self._retrain)
+
+    def _retrain(self, workspace, config, reason):
+        self.attempts.append(self.now)
+        raise RuntimeError("pipeline run ended FAILED")
+
+    def watch(self, workspace, cooldown_minutes: float, hours: float, keep_going: bool = True):
+        from recflow.kubernetes.rollout import ClusterRolloutConfig
+
+        watched = self
+
+        class Clock(threading.Event):
+            def wait(self, timeout=None) -> bool:
+                watched.now += timeout
+                if watched.now >= hours * 3600:
+                    self.set()
+                return self.is_set()
+
+        config = RetrainConfig(host="http://ml-pipeline.kubeflow:8888", poll_seconds=60, cooldown_minutes=cooldown_minutes,
+                               cluster=ClusterRolloutConfig(prometheus_url="http://prometheus.invalid"))  # fmt: skip
+        return self.retraining.watch(workspace, config, Clock(), clock=lambda: self.now, keep_going=keep_going)
+
+
 def test_a_watch_that_keeps_going_survives_failures_and_keeps_the_cooldown(monkeypatch):
     """What the chart's retraining pod runs (``recflow retrain --watch``): an unreachable Prometheus
     and a retraining that fails are logged, not fatal, and a failed retraining counts for the
     cooldown, so a run that always fails is not started at every poll. Without ``keep_going`` the
-    failure is raised. Faked: a Prometheus whose first read fails and a retraining that always
-    fails (the failures are what is tested; the real ones run in tests/platform), and the clock;
-    the cluster settings spare the local platform, and nothing is contacted."""
-    from recflow.kubernetes.rollout import ClusterRolloutConfig
-    from recflow.pipeline import retrain as retraining
+    failure is raised. Faked: Prometheus, whose first read fails, and the rest as in ``Watched``."""
     from recflow.rollout.prometheus import Prometheus
 
     class Verdicts(Prometheus):
@@ -139,40 +170,20 @@ def test_a_watch_that_keeps_going_survives_failures_and_keeps_the_cooldown(monke
                 raise ConnectionError("Prometheus is not up yet")
             return [{"metric": {}, "value": [0, "1"]}]
 
-    attempts: list[float] = []
-    now = [0.0]
+    watched = Watched(monkeypatch, Verdicts)
+    assert watched.watch("/nowhere", cooldown_minutes=60, hours=3) == []
+    assert watched.attempts == [60, 3660, 7260]  # after the failed read, then once an hour
 
-    def failing_retrain(workspace, config, reason):
-        attempts.append(now[0])
-        raise RuntimeError("pipeline run ended FAILED")
-
-    class ThreeHours(threading.Event):
-        def wait(self, timeout=None) -> bool:
-            now[0] += timeout
-            if now[0] >= 3 * 3600:
-                self.set()
-            return self.is_set()
-
-    monkeypatch.setattr("recflow.rollout.prometheus.Prometheus", Verdicts)
-    monkeypatch.setattr(retraining, "retrain", failing_retrain)
-    config = RetrainConfig(host="http://ml-pipeline.kubeflow:8888", poll_seconds=60, cooldown_minutes=60,
-                           cluster=ClusterRolloutConfig(prometheus_url="http://prometheus.invalid"))  # fmt: skip
-
-    done = retraining.watch("/nowhere", config, ThreeHours(), clock=lambda: now[0], keep_going=True)
-    assert done == [] and attempts == [60, 3660, 7260]  # after the failed read, then once an hour
-
-    Verdicts.reads, now[0] = 0, 0.0
+    Verdicts.reads, watched.now = 0, 0.0
     with pytest.raises(ConnectionError):
-        retraining.watch("/nowhere", config, ThreeHours(), clock=lambda: now[0])
+        watched.watch("/nowhere", cooldown_minutes=60, hours=3, keep_going=False)
 
 
 def test_a_restarted_watch_keeps_the_cooldown_of_the_workspaces_last_retraining(monkeypatch, tmp_path):
     """The chart's retraining pod may restart (an upgrade, a node drained) while the drift verdict
     still stands: the cooldown counts from the workspace's last retraining, which started 10 minutes
-    ago here (its dataset's name), not from the restart. Faked as above: Prometheus (drift), the
-    retraining (recorded, not run) and the clock."""
-    from recflow.kubernetes.rollout import ClusterRolloutConfig
-    from recflow.pipeline import retrain as retraining
+    ago here (its dataset's name), not from the restart. Faked: Prometheus (drift for good), and
+    the rest as in ``Watched``."""
     from recflow.rollout.prometheus import Prometheus
 
     class Drift(Prometheus):
@@ -182,23 +193,6 @@ def test_a_restarted_watch_keeps_the_cooldown_of_the_workspaces_last_retraining(
     ten_minutes_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)
     (tmp_path / "datasets" / f"retrain-{ten_minutes_ago:%Y%m%d-%H%M%S}").mkdir(parents=True)
     (tmp_path / "datasets" / "retrain-notes").mkdir()  # not a retraining's name: ignored
-    attempts: list[float] = []
-    now = [0.0]
-
-    def recorded_retrain(workspace, config, reason):
-        attempts.append(now[0])
-        raise RuntimeError("not run here")
-
-    class OneHour(threading.Event):
-        def wait(self, timeout=None) -> bool:
-            now[0] += timeout
-            if now[0] >= 3600:
-                self.set()
-            return self.is_set()
-
-    monkeypatch.setattr("recflow.rollout.prometheus.Prometheus", Drift)
-    monkeypatch.setattr(retraining, "retrain", recorded_retrain)
-    config = RetrainConfig(host="http://ml-pipeline.kubeflow:8888", poll_seconds=60, cooldown_minutes=30,
-                           cluster=ClusterRolloutConfig(prometheus_url="http://prometheus.invalid"))  # fmt: skip
-    retraining.watch(tmp_path, config, OneHour(), clock=lambda: now[0], keep_going=True)
-    assert attempts == [1200, 3000]  # 30 minutes after the last one started, not at once; then every 30
+    watched = Watched(monkeypatch, Drift)
+    watched.watch(tmp_path, cooldown_minutes=30, hours=1)
+    assert watched.attempts == [1200, 3000]  # 30 minutes after the last one started, not at once; then every 30
