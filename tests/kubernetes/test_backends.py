@@ -728,9 +728,10 @@ def test_retraining_on_kubeflow_needs_the_cluster_to_roll_out_on():
 
 
 def test_the_drift_monitor_follows_the_inference_services_stable_variant(monkeypatch):
-    """Fakes the InferenceService API: the variant the monitor follows is the rolled-out revision
-    through a canary until the promotion (Serverless), the stable predictor's Deployment (Standard),
-    and the last one read while the API does not answer."""
+    """The variant the monitor follows is the rolled-out revision through a canary until the promotion
+    (Serverless), the stable predictor's Deployment (Standard), and the last one read while the API
+    does not answer. Faked, there being no API server here: the InferenceService API (the model of
+    KServe above) and the pod's namespace (read from a service-account file only a pod has)."""
     from recflow.monitoring.service import cluster_stable_variant
 
     monkeypatch.setattr("recflow.kubernetes.current_namespace", lambda: "recflow")
