@@ -26,25 +26,29 @@ own figures over the same interval (both see the same traffic mix):
      A model spoiled after it was blessed (weights damaged, online features
      skewed from offline ones) scores everything alike, or inverted, and
      shows here before any click does; an honest retraining recalibrates its
-     scores, which a comparison with the stable model's scores would take
-     for the same fault. The canary's shift is the Jensen–Shannon divergence
-     of its live histogram from its export-time one, the stable's likewise;
-     the canary fails when its shift exceeds the stable's by more than
-     ``max_score_shift`` *and* its live histogram differs significantly from
-     its own reference (G-test of homogeneity, each answer counted once: the
-     scores of one answer are not independent draws). The stable's shift is
-     the yardstick of what live traffic does to a sound model's scores:
-     users and features unlike the reference users', the world drifting
-     since export. It is not a perfect one: the stable was exported earlier,
-     so the world has drifted further from its reference than from the
-     canary's, and the canary gets that much more room (it errs towards
-     advancing; the click-through check stays). A bundle without an
-     export-time histogram (exported before they were written, or not
-     readable from here: the cluster backend) falls back to the canary's
-     live histogram against the stable's, as the check's detail says;
-     there a better model scores differently too, so a click-through
-     significantly *higher* than the stable's over the same interval
-     overrules the shift;
+     scores, which a comparison with the stable model's raw scores would
+     take for the same fault. So each live score is placed where it falls
+     among its own model's export-time scores (its quantile there, over the
+     finest bins both references allow), and the two models' quantile
+     histograms are compared with each other: both
+     models see the same traffic, so whatever that traffic does to scores
+     (users unlike the reference users, the world drifting since export)
+     moves a sound canary's quantiles as it moves the stable's, and a
+     recalibration that keeps the ranking of users keeps its quantiles. The
+     canary fails when the two quantile histograms differ by more than
+     ``max_score_shift`` (Jensen–Shannon) *and* significantly (G-test of
+     homogeneity, each answer counted once: the scores of one answer are not
+     independent draws), *and* the canary is the one of the two that left
+     its export-time scores further (JS of its live histogram from its
+     reference): a spoiled stable differs from a sound canary too. (A
+     difference of the two models' shifts from their references, the first
+     version, was noise when traffic had left the references: see
+     docs/design.md.) A bundle without an export-time histogram (exported
+     before they were written, or not readable from here: the cluster
+     backend) falls back to the canary's live histogram against the
+     stable's, as the check's detail says; there a better model scores
+     differently too, so a click-through significantly *higher* than the
+     stable's over the same interval overrules the shift;
    - click-through rate: significantly lower than ``min_ctr_ratio`` times
      the stable's (a one-sided test of the margin itself);
 3. otherwise -> ``advance`` to the next traffic step, or ``promote`` after
@@ -77,8 +81,8 @@ class AnalysisConfig(BaseModel):
     max_score_shift: float = Field(
         0.1,
         gt=0,
-        description="JS (nats) the canary's scores may move from its export-time ones beyond the stable's from its own "
-        "(without export-time scores: from the stable's live ones)",
+        description="JS (nats) allowed between the canary's and the stable's live scores, each placed among its own "
+        "export-time scores (without export-time scores: the raw live scores)",
     )
     min_ctr_ratio: float = Field(0.9, gt=0, description="Canary CTR at least this times the stable's")
 
@@ -218,19 +222,53 @@ def _score_check(
     for reference in (references.stable, references.canary):
         if len(reference.counts) != len(canary_counts):
             raise ValueError("a bundle's export-time score histogram has other buckets than the served scores")
-    stable_reference, canary_reference = np.asarray(references.stable.counts, float), np.asarray(references.canary.counts, float)
-    stable_shift = jensen_shannon(stable_reference, stable_counts)
-    canary_shift = jensen_shannon(canary_reference, canary_counts)
-    excess = canary_shift - stable_shift
-    p = homogeneity_p_value(
-        _each_answer_once(canary_reference, references.canary.answers), _each_answer_once(canary_counts, canary.users)
-    )
-    shifted = excess > config.max_score_shift and p < config.significance
+    edges = quantile_edges(references.stable.counts, references.canary.counts)
+    stable_ranks = on_reference_quantiles(stable_counts, references.stable.counts, edges)
+    canary_ranks = on_reference_quantiles(canary_counts, references.canary.counts, edges)
+    shift = jensen_shannon(stable_ranks, canary_ranks)
+    p = homogeneity_p_value(_each_answer_once(stable_ranks, stable.users), _each_answer_once(canary_ranks, canary.users))
+    # Which of the two left its export-time scores: a spoiled stable differs from a sound canary too.
+    canary_left = jensen_shannon(references.canary.counts, canary_counts)
+    stable_left = jensen_shannon(references.stable.counts, stable_counts)
+    shifted = shift > config.max_score_shift and p < config.significance and canary_left > stable_left
     detail = (
-        f"JS divergence from their export-time scores: canary {canary_shift:.4f}, stable {stable_shift:.4f} "
-        f"(canary's excess {excess:.4f}, allowed {config.max_score_shift}; canary vs its own p={p:.3g})"
+        f"live scores placed among each model's export-time scores: JS divergence {shift:.4f} between canary and "
+        f"stable (allowed {config.max_score_shift}, p={p:.3g}); from their export-time scores: canary "
+        f"{canary_left:.4f}, stable {stable_left:.4f}"
     )
     return Check("score distribution", not shifted, detail)
+
+
+def quantile_edges(*references) -> np.ndarray:
+    """Where the references' buckets start and end as quantiles of their own scores, merged: the finest bins that
+    every reference places its model's scores in alike (for one reference, its buckets that hold any score)."""
+    edges = np.concatenate([_cumulative_shares(reference) for reference in references])
+    return np.unique(np.round(edges, 12))
+
+
+def on_reference_quantiles(counts, reference, edges: np.ndarray) -> np.ndarray:
+    """A served-score histogram over quantile bins (``edges``) of the model's export-time histogram.
+
+    Each bucket's scores spread evenly over the quantiles its bucket spans
+    in the reference; a bucket the reference never reached goes whole to
+    the bin at its place (below the reference's lowest score the first
+    bin, above its top score the last).
+    """
+    binned = np.zeros(len(edges) - 1)
+    shares = _cumulative_shares(reference)
+    for count, low, high in zip(np.asarray(counts, float), shares[:-1], shares[1:]):
+        if high > low:
+            overlap = np.clip(np.minimum(edges[1:], high) - np.maximum(edges[:-1], low), 0.0, None)
+            binned += count * overlap / (high - low)
+        else:
+            binned[min(int(np.searchsorted(edges, low, side="right")) - 1, len(binned) - 1)] += count
+    return binned
+
+
+def _cumulative_shares(reference) -> np.ndarray:
+    """0, then the share of the reference's scores up to each bucket's upper bound."""
+    cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(reference, float))])
+    return cumulative / cumulative[-1]
 
 
 def _live_score_check(

@@ -15,7 +15,9 @@ from recflow.rollout.analysis import (
     analyse,
     chi2_survival,
     homogeneity_p_value,
+    on_reference_quantiles,
     one_sided_p_value,
+    quantile_edges,
     ratio_shortfall_p_value,
 )
 
@@ -188,9 +190,56 @@ def test_a_canary_spoiled_after_export_leaves_its_own_scores_and_is_rolled_back(
     # Scores sunk towards 0 (JS 0.18): from 5 answers (of 10 scores each) chance can do that, from 50 it cannot.
     sunk = (10, 30, 40, 20, 0, 0, 0)
     _, check = score_check(canary(users=15), canary(users=5, score_counts=sunk), shared)
-    assert check.passed and "canary's excess 0.1759" in check.detail, check.detail
+    assert check.passed and "canary 0.1759, stable 0.0000" in check.detail, check.detail
     _, check = score_check(canary(users=150), canary(users=50, score_counts=sunk), shared)
     assert not check.passed, check.detail
+
+
+def test_a_spoiled_stable_does_not_roll_back_the_sound_canary_that_differs_from_it():
+    """The platform's better-canary drill: the stable left its export-time scores, the canary kept its own."""
+    spoiled_stable = canary(score_counts=(0, 0, 0, 0, 0, 0, 190))
+    decision, check = score_check(spoiled_stable, canary(), ScoreReferences(reference(SCORES), reference(SCORES)))
+    assert decision.action == "advance" and check.passed, check.detail
+    assert "JS divergence 0.6320" in check.detail and "canary 0.0000" in check.detail  # they differ: the stable moved
+
+
+# The CI run of 2026-11-30, at 25 % with the tiny world: the bundle's export-time histogram over the
+# served-score buckets (400 answers), and an interval's live histograms (Prometheus increases).
+TINY_REFERENCE = reference((0, 0, 0, 0, 0, 0, 110, 831, 672, 260, 192, 427, 586, 389, 273, 151, 74, 26, 9, 0, 0), 400)
+TINY_STABLE = canary(users=72, score_counts=(0,) * 7 + (13.33, 49.33, 21.33, 33.33, 28, 40, 80, 49.33, 24, 12, 8, 1.33, 0, 0))
+
+
+def test_a_copy_of_the_stable_is_not_rolled_back_on_the_users_that_happened_to_reach_it():
+    """23 answers from a copy of the stable's bundle: its live scores 0.18 from the reference, the stable's 0.07.
+
+    Compared shift for shift (0.10 over the stable's, significant against
+    the reference alone) this copy was rolled back; the two models' scores
+    placed among their export-time ones differ by about as much as chance
+    over 23 answers can make them (p=0.11).
+    """
+    copy = canary(users=22.67, score_counts=(0,) * 7 + (1.03, 8.27, 19.58, 34.92, 23.44, 4.76, 13.33, 5.33, 2.67) + (0,) * 5)
+    decision, check = score_check(TINY_STABLE, copy, ScoreReferences(TINY_REFERENCE, TINY_REFERENCE))
+    assert check.passed and "canary 0.1763, stable 0.0731" in check.detail, check.detail
+    # The spoiled copy of the bad-model drill, in a later run at 50 %: caught.
+    stable = canary(users=54.67, score_counts=(0,) * 7 + (10.67, 34.67, 21.33, 14.67, 41.33, 49.33, 40, 30.67, 16, 6.67, 4, 4, 0, 0))
+    spoiled = canary(users=46.67, score_counts=(0,) * 9 + (2.67, 17.33, 132, 53.33, 14.67, 13.33) + (0,) * 6)
+    decision, check = score_check(stable, spoiled, ScoreReferences(TINY_REFERENCE, TINY_REFERENCE), step=50)
+    assert decision.action == "rollback" and not check.passed, check.detail
+
+
+def test_scores_are_placed_among_the_models_own_export_time_scores():
+    own = quantile_edges(SCORES)
+    assert on_reference_quantiles(SCORES, SCORES, own) == pytest.approx(SCORES)  # one reference: its own buckets
+    # Two models' scores, each as at its own export: the same quantiles, over bins that split either's buckets.
+    both = quantile_edges(SCORES, RECALIBRATED)
+    assert len(both) - 1 > len(SCORES)
+    as_exported = on_reference_quantiles(SCORES, SCORES, both)
+    assert on_reference_quantiles(RECALIBRATED, RECALIBRATED, both) == pytest.approx(as_exported)
+    # Above the reference's top score: the last bin; below its lowest: the first.
+    edges = quantile_edges((0, 1, 1, 1, 1, 1, 0))
+    assert on_reference_quantiles((0, 0, 0, 0, 0, 0, 7), (0, 1, 1, 1, 1, 1, 0), edges)[-1] == 7
+    assert on_reference_quantiles((7, 0, 0, 0, 0, 0, 0), (0, 1, 1, 1, 1, 1, 0), edges)[0] == 7
+    assert on_reference_quantiles(DRIFTED, SCORES, own).sum() == pytest.approx(sum(DRIFTED))
 
 
 def test_traffic_that_moves_both_models_scores_alike_is_not_the_canarys_fault():
