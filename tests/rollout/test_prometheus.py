@@ -105,7 +105,9 @@ def test_variant_figures_come_back_from_promql(scraped):
     assert 600 < stable.requests < 1400 and 600 < canary.requests < 1400
     assert stable.errors == 0
     assert canary.errors / canary.requests == pytest.approx(2 / 25, rel=0.05)
-    assert stable.users == pytest.approx(stable.requests, rel=0.05)
+    # A scrape can land inside a tick (its 25 requests counted, some of its users not yet): up to a tick
+    # apart at each end of the window, over 800-1,000 requests when the machine is busy.
+    assert stable.users == pytest.approx(stable.requests, rel=0.1)
     assert stable.p99_seconds <= 0.05 < 0.1 < canary.p99_seconds <= 0.5
     assert canary.clicks / canary.impressions == pytest.approx(12 / 250, rel=0.05)
     assert len(stable.score_counts) == len(SCORE_BUCKETS) + 1  # and +Inf
