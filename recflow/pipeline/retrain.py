@@ -286,7 +286,7 @@ def _retrain_on_cluster(
         return RetrainResult(reason, dataset, folded, False, None, None, None, submitted.url)
     bundle = Path(current["path"])
     result, report = rollout_with_report(
-        platform_directory(workspace), workspace_uri(bundle, workspace), config.cluster, config.rollout
+        platform_directory(workspace), workspace_uri(bundle, workspace), config.cluster, config.rollout, workspace=workspace
     )
     return RetrainResult(reason, dataset, folded, True, bundle, result, report, submitted.url)
 

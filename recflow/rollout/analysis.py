@@ -44,11 +44,12 @@ own figures over the same interval (both see the same traffic mix):
      difference of the two models' shifts from their references, the first
      version, was noise when traffic had left the references: see
      docs/design.md.) A bundle without an export-time histogram (exported
-     before they were written, or not readable from here: the cluster
-     backend) falls back to the canary's live histogram against the
-     stable's, as the check's detail says; there a better model scores
-     differently too, so a click-through significantly *higher* than the
-     stable's over the same interval overrules the shift;
+     before they were written, or not readable from here: a cluster
+     rollout without the workspace volume mounted) falls back to the
+     canary's live histogram against the stable's, as the check's detail
+     says; there a better model scores differently too, so a click-through
+     significantly *higher* than the stable's over the same interval
+     overrules the shift;
    - click-through rate: significantly lower than ``min_ctr_ratio`` times
      the stable's (a one-sided test of the margin itself);
 3. otherwise -> ``advance`` to the next traffic step, or ``promote`` after

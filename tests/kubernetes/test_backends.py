@@ -35,6 +35,8 @@ from recflow.data.world import generate_world, world_config
 from recflow.feedback.log import FeedbackEvent, FeedbackLog
 from recflow.kubernetes.inferenceservice import CanaryError, InferenceService, ServerlessCanary, StandardCanary
 from recflow.kubernetes.rollout import ClusterRolloutConfig, rollout_inferenceservice
+from recflow.monitoring.live import REFERENCE_FILE, SCORES_KEY
+from recflow.monitoring.scores import SCORE_BUCKETS
 from recflow.kubernetes.trainjob import (
     STAGING_DIR,
     TRAINJOB_ENV,
@@ -464,7 +466,6 @@ class FakeKServe:
 
 
 METRIC = re.compile(r"increase\((\w+)\{")
-SCORE_BUCKETS = (0.25, 0.5, 0.75, 1.0)
 
 
 class FakePrometheus(Prometheus):
@@ -483,7 +484,7 @@ class FakePrometheus(Prometheus):
         figures = self.figures[variant]
         if "recflow_served_score_bucket" in promql:
             counts = np.cumsum(figures["score_counts"])
-            return [{"metric": {"le": str(le)}, "value": [0, str(c)]} for le, c in zip(SCORE_BUCKETS, counts)]
+            return [{"metric": {"le": str(le)}, "value": [0, str(c)]} for le, c in zip([*SCORE_BUCKETS, "+Inf"], counts)]
         if promql.startswith("histogram_quantile"):
             value = figures["p99_seconds"]
         elif 'status=~"5.."' in promql:
@@ -495,7 +496,7 @@ class FakePrometheus(Prometheus):
 
 HEALTHY = {"recflow_requests_total": 1000, "errors": 0, "recflow_batch_users_sum": 1000, "recflow_fallback_total": 0,
            "p99_seconds": 0.05, "recflow_feedback_impressions_total": 10000, "recflow_feedback_clicks_total": 1000,
-           "score_counts": (100, 300, 400, 200)}  # fmt: skip
+           "score_counts": (0,) * 10 + (100, 300, 400, 200) + (0,) * 7}  # fmt: skip
 FAILING = {**HEALTHY, "errors": 300}
 ROLLOUT = RolloutConfig(analysis=AnalysisConfig(steps=[5, 50, 100]), interval_seconds=30)
 
@@ -551,6 +552,9 @@ def test_serverless_canary_promoted_through_run_rollout(tmp_path, form):
     assert predictor["latestRolledoutRevision"] == "recommender-predictor-00002"
     assert predictor["traffic"] == [{"revisionName": "recommender-predictor-00002", "percent": 100, "latestRevision": True}]
     assert {variant for variant, _ in prometheus.queries} == {"stable", "canary"}
+    # s3:// bundles, which this process does not read: the score check compares the live scores, and says so
+    details = [c["detail"] for d in read_log(result.log_path) for c in d["checks"] if c["name"] == "score distribution"]
+    assert details and all("no export-time score histogram in the stable and canary bundle" in d for d in details)
 
 
 def test_serverless_canary_with_errors_rolled_back(tmp_path):
@@ -665,6 +669,9 @@ def test_retraining_on_a_cluster_runs_on_kubeflow_and_rolls_the_new_model_out(tm
     for version in (stable_version, candidate_version):
         (tmp_path / version).mkdir()
         (tmp_path / version / "model_card.json").write_text(json.dumps(model_card(version, feedback_base.path)))
+        # the served-score histogram export writes (the same for both: HEALTHY's live scores, at export)
+        scores = {"buckets": list(SCORE_BUCKETS), "counts": list(HEALTHY["score_counts"]), "answers": 1000}
+        (tmp_path / version / REFERENCE_FILE).write_text(json.dumps({SCORES_KEY: scores}))
     registry.register(tmp_path / stable_version, model_card(stable_version, feedback_base.path))
     with FeedbackLog(workspace / LOG_FILE) as log:
         log.append([FeedbackEvent(event_id=f"live-{n}", user_id="u1", item_id="i1", clicked=n % 2 == 0,
@@ -714,6 +721,9 @@ def test_retraining_on_a_cluster_runs_on_kubeflow_and_rolls_the_new_model_out(tm
         assert result.blessed and result.rollout.outcome == "promoted"
         assert served_uri(api.isvc["spec"]["predictor"]) == candidate_uri
         assert result.rollout_report.is_file() and result.rollout_report.is_relative_to(workspace.resolve())
+        # both bundles are on the volume mounted here: each model is judged against its own export-time scores
+        checks = [c for d in read_log(result.rollout.log_path) for c in d["checks"] if c["name"] == "score distribution"]
+        assert checks and all("placed among each model's export-time scores" in c["detail"] for c in checks)
     else:
         assert not result.blessed and result.rollout is None and api.patches == []
 
