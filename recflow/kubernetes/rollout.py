@@ -20,8 +20,8 @@ both on the workspace volume (``pvc://recflow-workspace/...``) and that
 volume mounted here (``workspace``: the chart's retraining pod). Elsewhere
 (``recflow rollout --cluster`` from a laptop, ``s3://`` bundles) it falls
 back to the canary's live scores against the stable's
-(:mod:`recflow.rollout.analysis`), and its detail names the bundle it could
-not read.
+(:mod:`recflow.rollout.analysis`), and its detail says which bundle's
+histogram it lacks.
 """
 
 from __future__ import annotations

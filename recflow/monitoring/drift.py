@@ -108,7 +108,7 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
         nonzero = a > 0
         return float(np.sum(a[nonzero] * np.log(a[nonzero] / m[nonzero])))
 
-    return 0.5 * kl(p) + 0.5 * kl(q)
+    return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))  # not below 0 by rounding
 
 
 class DriftReference:

@@ -38,9 +38,12 @@ own figures over the same interval (both see the same traffic mix):
      canary fails when the two quantile histograms differ by more than
      ``max_score_shift`` (Jensen–Shannon) *and* significantly (G-test of
      homogeneity, each answer counted once: the scores of one answer are not
-     independent draws), *and* the canary is the one of the two that left
-     its export-time scores further (JS of its live histogram from its
-     reference): a spoiled stable differs from a sound canary too. (A
+     independent draws), *and* the canary is the one at fault: it left its
+     export-time scores further than the stable left its own (JS of the
+     live histogram from the reference), or it left them by more than
+     ``max_score_shift`` itself, significantly. A spoiled stable differs
+     from a sound canary too; the second arm catches a canary spoiled by
+     less than a stale stable's reference has aged. (A
      difference of the two models' shifts from their references, the first
      version, was noise when traffic had left the references: see
      docs/design.md.) A bundle without an export-time histogram (exported
@@ -216,7 +219,8 @@ def _score_check(
         raise ValueError("the two score histograms have different buckets")
     if sum(stable.score_counts) <= 0 or sum(canary.score_counts) <= 0:
         return Check("score distribution", True, "no scores served on one side")
-    missing = [name for name, reference in (("stable", references.stable), ("canary", references.canary)) if reference is None]
+    missing = [name for name, reference in (("stable", references.stable), ("canary", references.canary))
+               if reference is None or sum(reference.counts) <= 0]  # fmt: skip
     if missing:
         return _live_score_check(stable, canary, config, enough_feedback, missing)
     stable_counts, canary_counts = np.asarray(stable.score_counts, float), np.asarray(canary.score_counts, float)
@@ -228,14 +232,20 @@ def _score_check(
     canary_ranks = on_reference_quantiles(canary_counts, references.canary.counts, edges)
     shift = jensen_shannon(stable_ranks, canary_ranks)
     p = homogeneity_p_value(_each_answer_once(stable_ranks, stable.users), _each_answer_once(canary_ranks, canary.users))
-    # Which of the two left its export-time scores: a spoiled stable differs from a sound canary too.
+    # Which of the two is at fault: a spoiled stable differs from a sound canary too.
     canary_left = jensen_shannon(references.canary.counts, canary_counts)
     stable_left = jensen_shannon(references.stable.counts, stable_counts)
-    shifted = shift > config.max_score_shift and p < config.significance and canary_left > stable_left
+    canary_own_p = homogeneity_p_value(
+        _each_answer_once(np.asarray(references.canary.counts, float), references.canary.answers),
+        _each_answer_once(canary_counts, canary.users),
+    )
+    left_alone = canary_left > config.max_score_shift and canary_own_p < config.significance
+    at_fault = canary_left > stable_left or left_alone
+    shifted = shift > config.max_score_shift and p < config.significance and at_fault
     detail = (
         f"live scores placed among each model's export-time scores: JS divergence {shift:.4f} between canary and "
         f"stable (allowed {config.max_score_shift}, p={p:.3g}); from their export-time scores: canary "
-        f"{canary_left:.4f}, stable {stable_left:.4f}"
+        f"{canary_left:.4f} (p={canary_own_p:.3g}), stable {stable_left:.4f}"
     )
     return Check("score distribution", not shifted, detail)
 
@@ -243,8 +253,7 @@ def _score_check(
 def quantile_edges(*references) -> np.ndarray:
     """Where the references' buckets start and end as quantiles of their own scores, merged: the finest bins that
     every reference places its model's scores in alike (for one reference, its buckets that hold any score)."""
-    edges = np.concatenate([_cumulative_shares(reference) for reference in references])
-    return np.unique(np.round(edges, 12))
+    return np.unique(np.concatenate([_cumulative_shares(reference) for reference in references]))
 
 
 def on_reference_quantiles(counts, reference, edges: np.ndarray) -> np.ndarray:
@@ -267,9 +276,10 @@ def on_reference_quantiles(counts, reference, edges: np.ndarray) -> np.ndarray:
 
 
 def _cumulative_shares(reference) -> np.ndarray:
-    """0, then the share of the reference's scores up to each bucket's upper bound."""
+    """0, then the share of the reference's scores up to each bucket's upper bound (rounded, so that equal
+    shares of two references are one edge, and a bucket on an edge falls on the same side of it for both)."""
     cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(reference, float))])
-    return cumulative / cumulative[-1]
+    return np.round(cumulative / cumulative[-1], 12)
 
 
 def _live_score_check(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -175,7 +176,7 @@ def test_an_honest_recalibration_is_judged_against_its_own_scores_and_advances()
     recalibrated = canary(score_counts=RECALIBRATED)  # clicks no better than the stable's: no overrule to lean on
     decision, check = score_check(HEALTHY, recalibrated, ScoreReferences(reference(SCORES), reference(RECALIBRATED)))
     assert decision.action == "advance" and check.passed, check.detail
-    assert "canary 0.0000, stable 0.0000" in check.detail
+    assert "canary 0.0000 (p=1), stable 0.0000" in check.detail
     # Against the stable's scores, as before the bundles carried their own, the same canary was rolled back.
     assert analyse(HEALTHY, recalibrated, 25, CONFIG).action == "rollback"
 
@@ -190,7 +191,7 @@ def test_a_canary_spoiled_after_export_leaves_its_own_scores_and_is_rolled_back(
     # Scores sunk towards 0 (JS 0.18): from 5 answers (of 10 scores each) chance can do that, from 50 it cannot.
     sunk = (10, 30, 40, 20, 0, 0, 0)
     _, check = score_check(canary(users=15), canary(users=5, score_counts=sunk), shared)
-    assert check.passed and "canary 0.1759, stable 0.0000" in check.detail, check.detail
+    assert check.passed and "canary 0.1759 (p=0.425), stable 0.0000" in check.detail, check.detail
     _, check = score_check(canary(users=150), canary(users=50, score_counts=sunk), shared)
     assert not check.passed, check.detail
 
@@ -219,7 +220,7 @@ def test_a_copy_of_the_stable_is_not_rolled_back_on_the_users_that_happened_to_r
     """
     copy = canary(users=22.67, score_counts=(0,) * 7 + (1.03, 8.27, 19.58, 34.92, 23.44, 4.76, 13.33, 5.33, 2.67) + (0,) * 5)
     decision, check = score_check(TINY_STABLE, copy, ScoreReferences(TINY_REFERENCE, TINY_REFERENCE))
-    assert check.passed and "canary 0.1763, stable 0.0731" in check.detail, check.detail
+    assert check.passed and "canary 0.1763 (p=0.00215), stable 0.0731" in check.detail, check.detail
     # The spoiled copy of the bad-model drill, in a later run at 50 %: caught.
     stable = canary(users=54.67, score_counts=(0,) * 7 + (10.67, 34.67, 21.33, 14.67, 41.33, 49.33, 40, 30.67, 16, 6.67, 4, 4, 0, 0))
     spoiled = canary(users=46.67, score_counts=(0,) * 9 + (2.67, 17.33, 132, 53.33, 14.67, 13.33) + (0,) * 6)
@@ -240,17 +241,43 @@ def test_scores_are_placed_among_the_models_own_export_time_scores():
     assert on_reference_quantiles((0, 0, 0, 0, 0, 0, 7), (0, 1, 1, 1, 1, 1, 0), edges)[-1] == 7
     assert on_reference_quantiles((7, 0, 0, 0, 0, 0, 0), (0, 1, 1, 1, 1, 1, 0), edges)[0] == 7
     assert on_reference_quantiles(DRIFTED, SCORES, own).sum() == pytest.approx(sum(DRIFTED))
+    # A bucket the reference skipped, between two it holds: the bin above, whatever the shares' rounding.
+    for skipped in ((1, 0, 2), (2, 0, 1)):
+        assert on_reference_quantiles((0, 5, 0), skipped, quantile_edges(skipped)).tolist() == [0, 5]
 
 
 def test_traffic_that_moves_both_models_scores_alike_is_not_the_canarys_fault():
     drifted_stable, drifted_canary = canary(score_counts=DRIFTED), canary(score_counts=DRIFTED)
     decision, check = score_check(drifted_stable, drifted_canary, ScoreReferences(reference(SCORES), reference(SCORES)))
     assert decision.action == "advance" and check.passed, check.detail
-    assert "canary 0.1840, stable 0.1840" in check.detail  # each alone above the allowed 0.1
+    assert "canary 0.1840 (p=1.16e-25), stable 0.1840" in check.detail  # each alone above the allowed 0.1, significantly
     # A canary that moves further than the drift does is still caught.
     further = canary(score_counts=(0, 0, 0, 1, 5, 40, 150))
     _, check = score_check(drifted_stable, further, ScoreReferences(reference(SCORES), reference(SCORES)))
     assert not check.passed, check.detail
+
+
+def test_beside_a_stale_stable_a_sound_fresh_canary_advances_and_a_spoiled_one_is_caught():
+    """The stable was exported long ago: traffic now scores three buckets above its reference. The canary,
+    exported on today's traffic, is sound (its own scores) or spoiled two buckets down: still the smaller
+    move of the two, but beyond the allowance from its own scores, and significantly."""
+    old_traffic, today = (5, 20, 40, 60, 40, 20, 5, 0, 0, 0, 0, 0), (0, 0, 0, 5, 20, 40, 60, 40, 20, 5, 0, 0)
+    stale_stable = canary(score_counts=today)
+    references = ScoreReferences(reference(old_traffic), reference(today))
+    decision, check = score_check(stale_stable, canary(score_counts=today), references)
+    assert decision.action == "advance" and check.passed, check.detail
+    spoiled = canary(score_counts=(0, 5, 20, 40, 60, 40, 20, 5, 0, 0, 0, 0))
+    decision, check = score_check(stale_stable, spoiled, references)
+    assert decision.action == "rollback" and not check.passed, check.detail
+    canary_left, stable_left = (float(re.search(rf"{side} ([0-9.]+)", check.detail.split("export-time scores: ")[-1])[1])
+                                for side in ("canary", "stable"))  # fmt: skip
+    assert 0.1 < canary_left < stable_left, check.detail
+
+
+def test_an_empty_export_time_histogram_counts_as_none():
+    references = ScoreReferences(reference(SCORES), reference((0,) * len(SCORES)))
+    _, check = score_check(HEALTHY, canary(), references)
+    assert check.passed and "no export-time score histogram in the canary bundle" in check.detail, check.detail
 
 
 @pytest.mark.parametrize("missing", ["stable", "canary"])

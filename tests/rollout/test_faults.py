@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -55,9 +56,10 @@ def test_a_bad_model_bundle_leaves_the_scores_it_copied_and_fails_the_score_chec
     good_bundle, bad_bundle = (load_bundle(b, lambda service: on_demand_transforms(store, service)) for b in (workspace.bundle, bad))
     everyone = Dataset(Path(workspace.card["data"]["dataset"])).read_users()["user_id"].astype(str)
     users = everyone.sample(n=200, random_state=1).tolist()
-    features = UserFeatureReader(store, good_bundle.feature_service).read(users)
+    reader = UserFeatureReader(store, good_bundle.feature_service)
 
-    def served(bundle) -> VariantMetrics:
+    def served(bundle, users: list[str]) -> VariantMetrics:
+        features = reader.read(users)
         answers, _ = OnlineRecommender(bundle).answer([Query(user, 10) for user in users], features, workspace.request_time)
         answered = [answer for answer in answers if answer.fallback is None]
         counts = bucket_counts(score for answer in answered for _, score in answer.items)
@@ -68,9 +70,13 @@ def test_a_bad_model_bundle_leaves_the_scores_it_copied_and_fails_the_score_chec
         decision = analyse(stable, canary, 25, AnalysisConfig(min_requests=1), references)
         return next(c for c in decision.checks if c.name == "score distribution")
 
-    good, spoiled = served(good_bundle), served(bad_bundle)
-    assert score_check(good, good).passed, score_check(good, good).detail  # live scores near the export-time ones
-    check = score_check(good, spoiled)
+    # The good model on one half of the users as the stable; the other half served by the good or the spoiled one.
+    stable = served(good_bundle, users[:100])
+    check = score_check(stable, served(good_bundle, users[100:]))
+    assert check.passed, check.detail
+    canary_left = float(re.search(r"canary ([0-9.]+)", check.detail.split("export-time scores: ")[-1])[1])
+    assert canary_left < 0.05, check.detail  # live scores near the export-time ones
+    check = score_check(stable, served(bad_bundle, users[100:]))
     assert not check.passed, check.detail
 
 
