@@ -470,7 +470,11 @@ METRIC = re.compile(r"increase\((\w+)\{")
 
 class FakePrometheus(Prometheus):
     """Prometheus' HTTP API, faked: each query is answered from the figures of the variant whose
-    selector it contains (a query matching neither fails the test); the queries are recorded."""
+    selector it contains (a query matching neither fails the test); the queries are recorded.
+
+    Why a fake: the series it stands for are scraped from a cluster's revision or Deployment pods,
+    which do not run here. A real Prometheus answering the same PromQL is tested in
+    tests/rollout/test_prometheus.py, and behind the local platform's rollouts in tests/platform."""
 
     def __init__(self, selectors: dict[str, VariantSelector], figures: dict[str, dict]) -> None:
         super().__init__("http://prometheus.invalid")

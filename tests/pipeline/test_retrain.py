@@ -120,7 +120,10 @@ def test_history_snapshots_of_folded_days_hold_the_folds_log_position(base, tmp_
 class Watched:
     """A retraining watch with fakes: a clock that the watch's waits move, a retraining that is
     recorded and fails (the failures are what is tested; real retrainings run in tests/platform),
-    and the cluster settings, which spare the local platform; nothing is contacted."""
+    and the cluster settings, which spare the local platform; nothing is contacted. Each test's
+    Prometheus is a script of verdicts (unreachable, then drift, ...): the sequence over hours of
+    waits is the point, which a real Prometheus fed by a real monitor gives in tests/platform's
+    demo, not on cue."""
 
     def __init__(self, monkeypatch, prometheus) -> None:
         from recflow.pipeline import retrain as retraining
