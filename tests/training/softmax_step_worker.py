@@ -23,6 +23,7 @@ from recflow.training.train import (
     _in_batch_softmax_loss,
     _Processes,
     item_log_frequency,
+    leave_process_groups,
     softmax_gather_group,
 )
 
@@ -36,6 +37,16 @@ def main(training_set: str, out: str) -> None:
     torch.set_num_threads(1)
     if processes.world_size > 1:
         dist.init_process_group("gloo")
+    loss, grads = _one_step(training_set, processes)
+    if processes.is_main:
+        torch.save({"loss": loss, "grads": grads}, out)
+    if dist.is_initialized():
+        dist.barrier()  # leave together, as recflow.training.train does
+        leave_process_groups()
+
+
+def _one_step(training_set: str, processes: _Processes) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The global loss and the gradients this rank holds after DDP's all-reduce."""
     frame = pd.read_parquet(training_set, dtype_backend="pyarrow")
     spec = FeatureSpec.infer(frame)
     preprocessor = Preprocessor.fit(frame, spec, CONFIG.max_history)
@@ -57,12 +68,7 @@ def main(training_set: str, out: str) -> None:
     if processes.world_size > 1:
         dist.all_reduce(loss)
         loss /= processes.world_size
-    if processes.is_main:
-        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-        torch.save({"loss": loss.detach(), "grads": grads}, out)
-    if dist.is_initialized():
-        dist.barrier()  # leave together: see recflow.training.train
-        dist.destroy_process_group()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
 if __name__ == "__main__":
