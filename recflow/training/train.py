@@ -65,6 +65,7 @@ import json
 import logging
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,6 +182,11 @@ def train(
             local_batch_size,
             device,
         )
+    except BaseException as error:
+        # The traceback keeps _train's locals, DDP among them, alive: let go of
+        # them so that leave_process_groups can free the reducer on this path too.
+        traceback.clear_frames(error.__traceback__)
+        raise
     finally:
         if dist.is_initialized():
             leave_process_groups()
