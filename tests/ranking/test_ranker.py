@@ -297,6 +297,7 @@ import numpy as np, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from conftest import make_ranking_frame
 from recflow.ranking.model import RankerConfig, train_ranker
+from recflow.training.train import leave_process_groups
 dist.init_process_group("gloo")
 frame = make_ranking_frame(rows=800, seed=5)
 config = RankerConfig.model_validate_json({config!r})
@@ -304,8 +305,8 @@ ranker, _, metrics = train_ranker(frame, config, rank=dist.get_rank(), world_siz
 if dist.get_rank() == 0:
     out = {{"scores": ranker.score(frame).tolist(), "losses": metrics["epoch_losses"]}}
     open({out!r}, "w").write(json.dumps(out))
-dist.barrier()  # leave together: see recflow.training.train
-dist.destroy_process_group()
+dist.barrier()  # leave together, as recflow.training.train does
+leave_process_groups()  # frees DDP's reducer first: a hang at exit otherwise
 """
 
 
