@@ -343,8 +343,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         if args.inject_fault:
             raise ValueError("--inject-fault drills run on the local platform: leave out --cluster")
         cluster = ClusterRolloutConfig.model_validate(yaml.safe_load(Path(args.cluster).read_text()) or {})
-        result, report = rollout_with_report(platform_directory(args.workspace), args.candidate, cluster, config, args.report)
+        if args.workspace_volume and not Path(args.workspace_volume).is_dir():
+            raise FileNotFoundError(f"--workspace-volume {args.workspace_volume}: no such directory")
+        result, report = rollout_with_report(
+            platform_directory(args.workspace), args.candidate, cluster, config, args.report, args.workspace_volume
+        )
     else:
+        if args.workspace_volume:
+            raise ValueError("--workspace-volume is where a cluster's workspace volume is mounted: it goes with --cluster")
         result, report = rollout(args.workspace, args.candidate, config, args.report, args.inject_fault)
     print(f"{result.outcome}: {result.reason}\nreport: {report}\ndecisions: {result.log_path}")
     return 0 if result.outcome == "promoted" else 1
@@ -575,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "namespace, mode; see recflow/kubernetes/rollout.py)",
     )  # fmt: skip
     rollout.add_argument("--workspace", default=DEFAULT_WORKSPACE, help=f"default: {DEFAULT_WORKSPACE}")
+    rollout.add_argument(
+        "--workspace-volume", metavar="PATH",
+        help="with --cluster, in a pod that mounts the workspace volume (pvc://recflow-workspace/...): its mount path. "
+             "The score check then judges each model against its bundle's export-time scores there; without it, "
+             "the canary's live scores are compared with the stable's",
+    )  # fmt: skip
     rollout.add_argument("--steps", help="canary traffic percents, e.g. 5,25,50,100 (default: the config's)")
     rollout.add_argument("--interval", type=float, help="seconds at a step between analyses (default: the config's)")
     rollout.add_argument("--config", help="RolloutConfig (YAML, see recflow/rollout/controller.py)")

@@ -617,14 +617,8 @@ def test_recflow_rollout_on_a_cluster_from_the_command_line(tmp_path, monkeypatc
     monkeypatch.setattr("recflow.kubernetes.load_client_config", lambda: None)
     monkeypatch.setattr(k8s, "CustomObjectsApi", lambda: api)
     monkeypatch.setattr(cluster_rollout_module, "Prometheus", lambda url: prometheus)
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(yaml.safe_dump({"prometheus_url": "http://prometheus.invalid", "namespace": "recflow",
-                                       "poll_seconds": 0.01, "ready_timeout_seconds": 10}))  # fmt: skip
-    settings = tmp_path / "rollout.yaml"
-    settings.write_text(yaml.safe_dump({"interval_seconds": 0.01}))
     workspace = tmp_path / "ws"
-    command = ["rollout", "--workspace", str(workspace), "--candidate", CANDIDATE_URI, "--cluster", str(cluster),
-               "--config", str(settings), "--steps", "5,50,100"]  # fmt: skip
+    command = cli_rollout_command(tmp_path, workspace, CANDIDATE_URI)
 
     assert main(command) == code
     (report,) = workspace.glob("platform/rollouts/*/rollout.html")
@@ -636,6 +630,57 @@ def test_recflow_rollout_on_a_cluster_from_the_command_line(tmp_path, monkeypatc
     patches = len(api.patches)
     assert main([*command, "--inject-fault", "errors"]) == 2
     assert len(api.patches) == patches
+
+
+def cli_rollout_command(tmp_path, workspace, candidate_uri: str) -> list[str]:
+    """``recflow rollout --cluster`` arguments, with the cluster and rollout settings files they name."""
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump({"prometheus_url": "http://prometheus.invalid", "namespace": "recflow",
+                                       "poll_seconds": 0.01, "ready_timeout_seconds": 10}))  # fmt: skip
+    settings = tmp_path / "rollout.yaml"
+    settings.write_text(yaml.safe_dump({"interval_seconds": 0.01}))
+    return ["rollout", "--workspace", str(workspace), "--candidate", candidate_uri, "--cluster", str(cluster),
+            "--config", str(settings), "--steps", "5,50,100"]  # fmt: skip
+
+
+def test_recflow_rollout_on_a_cluster_reads_the_bundles_on_a_mounted_workspace_volume(tmp_path, monkeypatch, capsys):
+    """``recflow rollout --cluster --workspace-volume PATH``, run in a pod that mounts the workspace volume:
+    both bundles are ``pvc://recflow-workspace/...``, so the score check reads their export-time score
+    histograms under PATH; without the flag it compares live scores with live scores and says so.
+
+    Fakes the InferenceService API (KServe Serverless) and Prometheus as above (no cluster here).
+    """
+    import recflow.kubernetes.rollout as cluster_rollout_module
+    from recflow.cli import main
+
+    volume = tmp_path / "volume"
+    stable_uri, candidate_uri = (f"pvc://recflow-workspace/models/{v}" for v in ("20250101-000000-aaaaaaaa", "20250108-000000-bbbbbbbb"))
+    for uri in (stable_uri, candidate_uri):
+        bundle = volume / uri.removeprefix("pvc://recflow-workspace/")
+        bundle.mkdir(parents=True)
+        scores = {"buckets": list(SCORE_BUCKETS), "counts": list(HEALTHY["score_counts"]), "answers": 1000}
+        (bundle / REFERENCE_FILE).write_text(json.dumps({SCORES_KEY: scores}))
+    monkeypatch.setattr("recflow.kubernetes.load_client_config", lambda: None)
+    monkeypatch.setattr(cluster_rollout_module, "Prometheus",
+                        lambda url: FakePrometheus(SERVERLESS_SELECTORS, {"stable": HEALTHY, "canary": HEALTHY}))  # fmt: skip
+
+    def score_details(extra: list[str]) -> list[str]:
+        monkeypatch.setattr(k8s, "CustomObjectsApi", lambda: FakeKServe("Serverless", stable=stable_uri))
+        workspace = tmp_path / f"ws{len(extra)}"
+        assert main([*cli_rollout_command(tmp_path, workspace, candidate_uri), *extra]) == 0
+        (log,) = workspace.glob("platform/rollouts/*/rollout.jsonl")
+        return [c["detail"] for d in read_log(log) for c in d["checks"] if c["name"] == "score distribution"]
+
+    mounted = score_details(["--workspace-volume", str(volume)])
+    assert mounted and all("placed among each model's export-time scores" in detail for detail in mounted)
+    unmounted = score_details([])
+    assert unmounted and all("no export-time score histogram in the stable and canary bundle" in d for d in unmounted)
+    # a mount path that is not there, or the flag without a cluster, is refused with the reason
+    command = cli_rollout_command(tmp_path, tmp_path / "ws", candidate_uri)
+    assert main([*command, "--workspace-volume", str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["rollout", "--workspace", str(tmp_path / "ws"), "--candidate", str(volume), "--workspace-volume", str(volume)]) == 2
+    assert "it goes with --cluster" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
