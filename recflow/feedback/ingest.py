@@ -9,7 +9,10 @@ The path of an event, and why nothing is lost or counted twice across a restart:
 2. The click-through counters the canary analysis reads
    (``recflow_feedback_impressions_total`` / ``..._clicks_total`` by
    ``variant``) count the newly logged events only, so a retried batch is not
-   counted again.
+   counted again. Beside them, sums over *clusters* (one user's events in one
+   batch: the items of their answers), from which the analysis takes the
+   click-through rate's variance without assuming a user's k impressions are
+   k independent trials (:func:`recflow.rollout.analysis.ctr_variance`).
 3. A background thread pushes logged clicks to the online store with
    :func:`~recflow.features.online.push_clicks`, which skips clicks a user's
    row already holds (its feedback position). The store being down delays
@@ -37,6 +40,18 @@ log = logging.getLogger(__name__)
 
 IMPRESSIONS = Counter("recflow_feedback_impressions", "Impressions logged, by the variant that served them", ["variant"])
 CLICKS = Counter("recflow_feedback_clicks", "Clicks logged, by the variant that served them", ["variant"])
+# Per variant, over clusters c (one user's newly logged events in one batch): the number of
+# clusters, the sums of clicks_c², impressions_c² and clicks_c x impressions_c.
+CLICK_CLUSTERS = Counter("recflow_feedback_clusters", "Feedback clusters (a user's events in one batch)", ["variant"])
+CLUSTER_CLICKS_SQUARED = Counter(
+    "recflow_feedback_cluster_clicks_squared", "Sum over feedback clusters of clicks squared", ["variant"]
+)
+CLUSTER_IMPRESSIONS_SQUARED = Counter(
+    "recflow_feedback_cluster_impressions_squared", "Sum over feedback clusters of impressions squared", ["variant"]
+)
+CLUSTER_CLICKS_IMPRESSIONS = Counter(
+    "recflow_feedback_cluster_clicks_impressions", "Sum over feedback clusters of clicks times impressions", ["variant"]
+)
 DUPLICATES = Counter("recflow_feedback_duplicates", "Events received again (same event_id) and dropped")
 PENDING = Gauge("recflow_feedback_pending_clicks", "Clicks logged but not yet in the online store")
 APPLY_ERRORS = Counter("recflow_feedback_apply_errors", "Failed pushes to the online store (retried)")
@@ -93,11 +108,20 @@ class FeedbackIngestor:
         appended = self.log.append(events)
         DUPLICATES.inc(appended.duplicates)
         clicks = []
+        clusters: dict[tuple[str, str], list[int]] = {}  # (variant, user) -> [impressions, clicks]
         for sequence, event in appended.logged:
             IMPRESSIONS.labels(event.variant).inc()
+            cluster = clusters.setdefault((event.variant, event.user_id), [0, 0])
+            cluster[0] += 1
             if event.clicked:
                 CLICKS.labels(event.variant).inc()
+                cluster[1] += 1
                 clicks.append((event.user_id, event.item_id, event.event_timestamp, sequence))
+        for (variant, _), (impressions, clicked) in clusters.items():
+            CLICK_CLUSTERS.labels(variant).inc()
+            CLUSTER_CLICKS_SQUARED.labels(variant).inc(clicked * clicked)
+            CLUSTER_IMPRESSIONS_SQUARED.labels(variant).inc(impressions * impressions)
+            CLUSTER_CLICKS_IMPRESSIONS.labels(variant).inc(clicked * impressions)
         if clicks:
             with self._lock:
                 self._pending.extend(clicks)

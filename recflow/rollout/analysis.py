@@ -54,7 +54,11 @@ own figures over the same interval (both see the same traffic mix):
      significantly *higher* than the stable's over the same interval
      overrules the shift;
    - click-through rate: significantly lower than ``min_ctr_ratio`` times
-     the stable's (a one-sided test of the margin itself);
+     the stable's (a one-sided test of the margin itself), with each rate's
+     variance taken over clusters of a user's impressions
+     (:func:`ctr_variance`): a user who clicks one item of an answer tends
+     to click others, and counting k impressions as k independent trials
+     rolled back equal models several times as often as the test's level;
 3. otherwise -> ``advance`` to the next traffic step, or ``promote`` after
    the last.
 """
@@ -99,6 +103,17 @@ class AnalysisConfig(BaseModel):
 
 
 @dataclass(frozen=True)
+class ClickClusters:
+    """Sums over one variant's feedback clusters in an interval, a cluster being one user's events in
+    one feedback batch (the feedback ingestion's ``recflow_feedback_cluster_*`` counters)."""
+
+    clusters: float
+    clicks_squared: float
+    impressions_squared: float
+    clicks_impressions: float
+
+
+@dataclass(frozen=True)
 class VariantMetrics:
     """One variant over one interval (counts are increases over the interval)."""
 
@@ -111,6 +126,8 @@ class VariantMetrics:
     clicks: float
     # Served-score histogram: counts per bucket, the same buckets for both variants.
     score_counts: tuple[float, ...] = ()
+    # None where the feedback path reports no cluster sums: impressions are then taken as independent.
+    click_clusters: ClickClusters | None = None
 
 
 @dataclass(frozen=True)
@@ -295,9 +312,11 @@ def _live_score_check(
         f"JS divergence {shift:.4f} (allowed {config.max_score_shift}, p={p:.3g})"
     )
     # A better model scores differently too: significantly more clicks say better, not broken.
-    better_p = one_sided_p_value(canary.clicks, canary.impressions, stable.clicks, stable.impressions)
-    if shifted and enough_feedback and better_p < config.significance:
-        return Check("score distribution", True, f"{detail}; overruled: click-through significantly higher (p={better_p:.3g})")
+    if shifted and enough_feedback:
+        # "the stable's CTR below 1 x the canary's": the canary's is significantly higher.
+        better_p = ratio_shortfall_p_value(*_ctr_and_variance(stable), *_ctr_and_variance(canary), 1.0)
+        if better_p < config.significance:
+            return Check("score distribution", True, f"{detail}; overruled: click-through significantly higher (p={better_p:.3g})")
     return Check("score distribution", not shifted, detail)
 
 
@@ -350,19 +369,56 @@ def _ctr_check(stable: VariantMetrics, canary: VariantMetrics, config: AnalysisC
     0.089 over 815 impressions, p=0.015, with an oracle CTR 2 % below the
     stable's). Against the margin the same interval gives p=0.07.
     """
-    ctr, stable_ctr = canary.clicks / canary.impressions, stable.clicks / stable.impressions
-    p = ratio_shortfall_p_value(canary.clicks, canary.impressions, stable.clicks, stable.impressions, config.min_ctr_ratio)
+    (ctr, canary_variance), (stable_ctr, stable_variance) = _ctr_and_variance(canary), _ctr_and_variance(stable)
+    p = ratio_shortfall_p_value(ctr, canary_variance, stable_ctr, stable_variance, config.min_ctr_ratio)
     worse = p < config.significance
-    detail = f"canary {ctr:.4f} vs stable {stable_ctr:.4f} (at least x{config.min_ctr_ratio}, p={p:.3g})"
+    detail = f"canary {ctr:.4f} vs stable {stable_ctr:.4f} (at least x{config.min_ctr_ratio}, p={p:.3g}); "
+    if canary.click_clusters is None or stable.click_clusters is None:
+        detail += "impressions taken as independent (no cluster sums from the feedback path)"
+    else:
+        effects = [variance / binomial if (binomial := binomial_variance(m.clicks, m.impressions)) > 0 else 1.0
+                   for m, variance in ((canary, canary_variance), (stable, stable_variance))]  # fmt: skip
+        detail += f"variances over users' clusters: x{effects[0]:.2f} and x{effects[1]:.2f} those of independent impressions"
     return Check("click-through rate", not worse, detail)
 
 
-def ratio_shortfall_p_value(hits_a: float, n_a: float, hits_b: float, n_b: float, ratio: float) -> float:
-    """P-value of "rate a < ``ratio`` x rate b": one-sided z-test of rate_a - ratio x rate_b with unpooled variances."""
-    if n_a <= 0 or n_b <= 0:
-        return 1.0
-    rate_a, rate_b = hits_a / n_a, hits_b / n_b
-    variance = rate_a * (1 - rate_a) / n_a + ratio**2 * rate_b * (1 - rate_b) / n_b
+def _ctr_and_variance(metrics: VariantMetrics) -> tuple[float, float]:
+    return metrics.clicks / metrics.impressions, ctr_variance(metrics)
+
+
+def binomial_variance(hits: float, n: float) -> float:
+    """The variance of ``hits / n`` if the n trials were independent."""
+    rate = hits / n
+    return rate * (1 - rate) / n
+
+
+def ctr_variance(metrics: VariantMetrics) -> float:
+    """The variance of the variant's click-through rate, clicks / impressions, over the interval.
+
+    With cluster sums (``click_clusters``): the delta-method variance of a
+    ratio over independent clusters, sum_c (clicks_c - ctr x impressions_c)^2
+    / impressions^2, times G / (G - 1) for G clusters, and never below the
+    independent-impressions (binomial) variance, which few clusters can
+    underestimate. A user's impressions are not independent trials: users
+    differ in how much they click, so one who clicks one item of an answer
+    likely clicks others, and the binomial variance understates the CTR's
+    by the design effect 1 + (k - 1) x (the within-user correlation).
+    Without cluster sums (a feedback path that does not report them): the
+    binomial variance.
+    """
+    binomial = binomial_variance(metrics.clicks, metrics.impressions)
+    clusters = metrics.click_clusters
+    if clusters is None or clusters.clusters < 2:
+        return binomial
+    ctr = metrics.clicks / metrics.impressions
+    residual = clusters.clicks_squared - 2 * ctr * clusters.clicks_impressions + ctr**2 * clusters.impressions_squared
+    clustered = clusters.clusters / (clusters.clusters - 1) * max(residual, 0.0) / metrics.impressions**2
+    return max(clustered, binomial)
+
+
+def ratio_shortfall_p_value(rate_a: float, variance_a: float, rate_b: float, variance_b: float, ratio: float) -> float:
+    """P-value of "rate a < ``ratio`` x rate b": one-sided z-test of rate_a - ratio x rate_b, given each rate's variance."""
+    variance = variance_a + ratio**2 * variance_b
     shortfall = ratio * rate_b - rate_a
     if variance <= 0:
         return 0.0 if shortfall > 0 else 1.0

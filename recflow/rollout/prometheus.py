@@ -16,7 +16,10 @@ both. One interval's :class:`VariantMetrics` are the increases over the last
 - ``recflow_served_score`` (the histogram's per-bucket counts),
 - ``recflow_feedback_impressions_total`` / ``recflow_feedback_clicks_total``
   selected by the feedback matchers: written by the feedback path, which knows
-  which variant served each impression.
+  which variant served each impression; with them the sums over a user's
+  feedback clusters (``recflow_feedback_clusters_total`` and
+  ``recflow_feedback_cluster_*_total``) that the click-through rate's variance
+  is taken from.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from recflow.rollout.analysis import VariantMetrics
+from recflow.rollout.analysis import ClickClusters, VariantMetrics
 
 
 @dataclass(frozen=True)
@@ -94,14 +97,25 @@ def variant_metrics(prometheus: Prometheus, variant: str | VariantSelector, wind
     buckets = prometheus.query(f"sum by (le) (increase(recflow_served_score_bucket{{{selector}}}[{window}]))")
     cumulative = sorted((float(b["metric"]["le"]), float(b["value"][1])) for b in buckets)
     counts = tuple(max(count - previous, 0.0) for (_, count), (_, previous) in zip(cumulative, [(0, 0.0), *cumulative]))
-    feedback = chosen.feedback
+
+    def feedback(metric: str) -> float:
+        return prometheus.value(f"sum(increase({metric}{{{chosen.feedback}}}[{window}]))")
+
+    clusters = ClickClusters(
+        clusters=feedback("recflow_feedback_clusters_total"),
+        clicks_squared=feedback("recflow_feedback_cluster_clicks_squared_total"),
+        impressions_squared=feedback("recflow_feedback_cluster_impressions_squared_total"),
+        clicks_impressions=feedback("recflow_feedback_cluster_clicks_impressions_total"),
+    )
     return VariantMetrics(
         requests=increase("recflow_requests_total", 'endpoint=~"v1|v2"'),
         errors=increase("recflow_requests_total", 'endpoint=~"v1|v2",status=~"5.."'),
         users=increase("recflow_batch_users_sum"),
         fallbacks=increase("recflow_fallback_total", 'reason!="unknown_user"'),
         p99_seconds=p99,
-        impressions=prometheus.value(f"sum(increase(recflow_feedback_impressions_total{{{feedback}}}[{window}]))"),
-        clicks=prometheus.value(f"sum(increase(recflow_feedback_clicks_total{{{feedback}}}[{window}]))"),
+        impressions=feedback("recflow_feedback_impressions_total"),
+        clicks=feedback("recflow_feedback_clicks_total"),
         score_counts=counts,
+        # A feedback path without the cluster counters (their series absent): impressions as independent.
+        click_clusters=clusters if clusters.clusters > 0 else None,
     )

@@ -109,6 +109,18 @@ def test_killing_the_service_mid_stream_loses_nothing_and_counts_nothing_twice(r
     assert service.metric('recflow_feedback_clicks_total{variant="stable"}') == sum(
         e.clicked for batch in batches[5:] for e in batch
     )
+    # and the sums over clusters (a user's events in one batch) the CTR's variance is taken from
+    clusters = [[(sum(e.clicked for e in batch if e.user_id == user), sum(e.user_id == user for e in batch))
+                 for user in {e.user_id for e in batch}] for batch in batches[5:]]  # fmt: skip
+    clusters = [cluster for batch in clusters for cluster in batch]
+    for metric, expected in (
+        ("recflow_feedback_clusters_total", len(clusters)),
+        ("recflow_feedback_cluster_clicks_squared_total", sum(c * c for c, _ in clusters)),
+        ("recflow_feedback_cluster_impressions_squared_total", sum(n * n for _, n in clusters)),
+        ("recflow_feedback_cluster_clicks_impressions_total", sum(c * n for c, n in clusters)),
+    ):
+        assert service.metric(metric + '{variant="stable"}') == expected, metric
+    assert any(n > 1 for _, n in clusters) and any(c > 0 for c, _ in clusters)  # not a trivial grouping
     service.stop()
     sent = [e for batch in batches for e in batch]
     with FeedbackLog(log_path) as log:

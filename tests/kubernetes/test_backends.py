@@ -500,6 +500,10 @@ class FakePrometheus(Prometheus):
 
 HEALTHY = {"recflow_requests_total": 1000, "errors": 0, "recflow_batch_users_sum": 1000, "recflow_fallback_total": 0,
            "p99_seconds": 0.05, "recflow_feedback_impressions_total": 10000, "recflow_feedback_clicks_total": 1000,
+           # 1,000 answers' feedback of 10 impressions and a click each, a cluster each
+           "recflow_feedback_clusters_total": 1000, "recflow_feedback_cluster_clicks_squared_total": 1000,
+           "recflow_feedback_cluster_impressions_squared_total": 100_000,
+           "recflow_feedback_cluster_clicks_impressions_total": 10_000,
            "score_counts": (0,) * 10 + (100, 300, 400, 200) + (0,) * 7}  # fmt: skip
 FAILING = {**HEALTHY, "errors": 300}
 ROLLOUT = RolloutConfig(analysis=AnalysisConfig(steps=[5, 50, 100]), interval_seconds=30)

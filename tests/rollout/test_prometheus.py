@@ -41,11 +41,16 @@ class Variant:
         self.scores = Histogram("recflow_served_score", "", buckets=SCORE_BUCKETS, registry=self.registry)
         self.impressions = Counter("recflow_feedback_impressions_total", "", ["variant"], registry=self.registry)
         self.clicks = Counter("recflow_feedback_clicks_total", "", ["variant"], registry=self.registry)
+        self.clusters = {
+            name: Counter(f"recflow_feedback_{name}_total", "", ["variant"], registry=self.registry)
+            for name in ("clusters", "cluster_clicks_squared", "cluster_impressions_squared", "cluster_clicks_impressions")
+        }
         self.port = free_port()
         self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
 
     def serve(self, n: int, errors: int, seconds: float, score: float, clicks: int) -> None:
-        """One tick of traffic: n requests (errors of them 5xx), one user each, 10 impressions each."""
+        """One tick of traffic: n requests (errors of them 5xx), one user each, 10 impressions each,
+        the clicks one per user (a feedback cluster per user, as the feedback ingestion counts them)."""
         self.requests.labels("v1", "200").inc(n - errors)
         self.requests.labels("v1", "500").inc(errors)
         for _ in range(n):
@@ -54,6 +59,9 @@ class Variant:
             self.scores.observe(score)
         self.impressions.labels(self.name).inc(10 * n)
         self.clicks.labels(self.name).inc(clicks)
+        for name, value in (("clusters", n), ("cluster_clicks_squared", clicks),
+                            ("cluster_impressions_squared", 100 * n), ("cluster_clicks_impressions", 10 * clicks)):  # fmt: skip
+            self.clusters[name].labels(self.name).inc(value)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +118,11 @@ def test_variant_figures_come_back_from_promql(scraped):
     assert stable.users == pytest.approx(stable.requests, rel=0.1)
     assert stable.p99_seconds <= 0.05 < 0.1 < canary.p99_seconds <= 0.5
     assert canary.clicks / canary.impressions == pytest.approx(12 / 250, rel=0.05)
+    clusters = canary.click_clusters
+    assert clusters.clusters == pytest.approx(canary.requests, rel=0.05)
+    assert clusters.impressions_squared / clusters.clusters == pytest.approx(100, rel=0.05)
+    assert clusters.clicks_squared / clusters.clusters == pytest.approx(12 / 25, rel=0.05)
+    assert clusters.clicks_impressions / clusters.clicks_squared == pytest.approx(10, rel=0.05)
     assert len(stable.score_counts) == len(SCORE_BUCKETS) + 1  # and +Inf
     assert max(range(len(stable.score_counts)), key=stable.score_counts.__getitem__) == 1  # 0.4 -> (0.25, 0.5]
     assert max(range(len(canary.score_counts)), key=canary.score_counts.__getitem__) == 3  # 0.9 -> (0.75, 1.0]
