@@ -2,14 +2,16 @@
 
 One platform for the module, in the order a user meets it: ``up``, a
 server killed with -9 and restarted, a sound candidate promoted, the
-rollout drills (a slow, a failing and a spoiled candidate, each rolled
+rollout drills (a spoiled, a slow and a failing candidate, each rolled
 back), the drift monitor's verdicts on a stable and a drifted world,
-``down``. The sound candidate goes before the drills: the proxy hashes the
-same quarter of the users to every canary at 25 %, and the drills change
-what those users get to click (errors, delays), so their histories, and
-the scores they are served, drift from the other users'. Measured: a sound
-copy's quantile scores were JS 0.09 to 0.12 from the stable's at 25 % after
-the drills, 0.05 to 0.11 before them (docs/design.md).
+``down``. The proxy hashes the same quarter of the users to every canary at
+25 %, and the slow and failing drills change what those users get to click,
+so their histories, and the scores they are served, drift from the other
+users'. So the rollouts judged on scores go first: the sound candidate
+(a sound copy's quantile scores were JS 0.09 to 0.12 from the stable's at
+25 % after the drills, 0.05 to 0.11 before them, docs/design.md), then the
+spoiled one (run last, it was JS 0.14 to 0.18 from the stable at 25 %, at
+the edge of the 0.1 allowed at p 0.02 to 0.16, and once slipped through).
 During every rollout the simulator (recflow.feedback.simulator) plays the
 world's users through the proxy and sends their clicks, by the variant that
 served them, to the platform's feedback service, so Prometheus has every
@@ -185,7 +187,7 @@ def test_a_sound_canary_is_promoted_to_stable_and_no_request_fails(
 
 @needs_binaries
 @pytest.mark.parametrize(
-    "fault, failed_check", [("latency", "p99 latency"), ("errors", "error rate"), ("bad-model", "score distribution")]
+    "fault, failed_check", [("bad-model", "score distribution"), ("latency", "p99 latency"), ("errors", "error rate")]
 )
 def test_a_faulty_canary_is_rolled_back_within_two_intervals_and_no_request_fails(
     platform, platform_workspace, workspace, candidate, tmp_path, fault, failed_check
