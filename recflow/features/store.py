@@ -73,10 +73,15 @@ def offline_root(repo: str | Path) -> Path:
     return Path(configured) if Path(configured).is_absolute() else Path(repo) / configured
 
 
+# Feast's own command line, run by this interpreter after importing recflow,
+# which spares feast's import-time type instrumentation (``recflow/__init__.py``):
+# ``feast apply`` of the tiny repo took 6.9-7.4 s from the ``feast`` script, 4.1-4.6 s this way.
+FEAST_CLI = "import sys, recflow; from feast.cli.cli import cli; sys.exit(cli(prog_name='feast'))"
+
+
 def feast_apply(repo: str | Path) -> str:
-    """Run the real ``feast apply`` on the repo (it imports every .py there)."""
-    feast = Path(sys.executable).parent / "feast"
-    command = [str(feast) if feast.exists() else "feast", "-c", str(repo), "apply"]
+    """Run the real ``feast apply`` on the repo, in a process of its own (it imports every .py there)."""
+    command = [sys.executable, "-c", FEAST_CLI, "-c", str(repo), "apply"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"feast apply failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
