@@ -652,7 +652,12 @@ def test_recflow_rollout_on_a_cluster_reads_the_bundles_on_a_mounted_workspace_v
     both bundles are ``pvc://recflow-workspace/...``, so the score check reads their export-time score
     histograms under PATH; without the flag it compares live scores with live scores and says so.
 
-    Fakes the InferenceService API (KServe Serverless) and Prometheus as above (no cluster here).
+    Three stand-ins, each for what only a cluster has: the kubeconfig (``load_client_config``), the
+    API server's InferenceService answers (``CustomObjectsApi``: KServe Serverless), and the cluster's
+    Prometheus, whose series carry the labels of KServe pods (``FakePrometheus`` checks each query's
+    selectors; the same queries, with the local platform's selectors, run against a real Prometheus
+    in ``tests/rollout/test_prometheus.py``).
+    The CLI, the volume's bundles and their score histograms, and the rollout's decisions are real.
     """
     import recflow.kubernetes.rollout as cluster_rollout_module
     from recflow.cli import main
