@@ -11,7 +11,7 @@ The steps, the analysis, hold/advance/promote/rollback, the decision log and
 applying the outcome are :func:`recflow.rollout.controller.carry_out`'s, as for ``recflow
 rollout`` on the local platform. Here the traffic backend is the
 InferenceService (:mod:`recflow.kubernetes.inferenceservice`, Serverless or
-Standard mode) and each interval's figures come from the cluster's Prometheus
+Standard mode) and the figures come from the cluster's Prometheus
 with the selectors of the two revisions (or Deployments) the backend found.
 
 The score check judges each model against its bundle's export-time score
@@ -81,7 +81,6 @@ def rollout_inferenceservice(
                             cluster.ready_timeout_seconds, cluster.poll_seconds, sleep, clock)  # fmt: skip
     backend = ServerlessCanary(isvc) if cluster.mode == "serverless" else StandardCanary(isvc)
     prometheus = prometheus or Prometheus(cluster.prometheus_url)
-    window = f"{round(config.interval_seconds * 1000)}ms"  # PromQL durations take whole units
     stable_uri = storage_uri(isvc.get()["spec"]["predictor"])
     references = ScoreReferences(*(bundle_score_reference(uri, workspace) for uri in (stable_uri, candidate_uri)))
     try:
@@ -91,7 +90,7 @@ def rollout_inferenceservice(
         if backend.started:
             backend.roll_back()
         raise
-    return carry_out(backend, lambda variant: variant_metrics(prometheus, selectors[variant], window),
+    return carry_out(backend, lambda variant, seconds: variant_metrics(prometheus, selectors[variant], seconds),
                      config, log_path, sleep=sleep, references=references)  # fmt: skip
 
 

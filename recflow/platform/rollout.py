@@ -5,9 +5,8 @@
 The decisions, and applying them, are :func:`recflow.rollout.controller.carry_out`'s, the same
 for every platform; here is the local backend: :class:`LocalBackend` asks
 the running platform's supervisor (its control port) to start the canary
-server, move its share of users, promote it or roll it back, and each
-interval's figures come from the platform's Prometheus over a window equal
-to the interval; the score check reads both bundles' export-time score
+server, move its share of users, promote it or roll it back, and the
+figures come from the platform's Prometheus over the step so far; the score check reads both bundles' export-time score
 histograms (the stable's bundle as the platform state names it). One
 rollout at a time: the supervisor refuses a second canary. If this process
 dies mid-rollout, the supervisor rolls the canary back by itself.
@@ -23,6 +22,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -108,7 +108,6 @@ def rollout(
         raise ValueError(f"the interval ({config.interval_seconds} s) must span at least 3 scrapes "
                          f"({scrape} s apart) for Prometheus to measure an increase over it")  # fmt: skip
     directory, log_path, report = rollout_files(platform_directory(backend.workspace), report)
-    window = f"{round(config.interval_seconds * 1000)}ms"  # PromQL durations take whole units
     prometheus = Prometheus(backend.state.prometheus_url)
     serving_config = None
     if inject_fault is not None:
@@ -117,9 +116,7 @@ def rollout(
     stable_bundle = backend.state.process("stable").bundle
     references = ScoreReferences(read_score_reference(stable_bundle), read_score_reference(candidate))
     backend.start_canary(candidate, serving_config)
-    result = carry_out(
-        backend, lambda variant: variant_metrics(prometheus, variant, window), config, log_path, references=references
-    )
+    result = carry_out(backend, partial(variant_metrics, prometheus), config, log_path, references=references)
     report.parent.mkdir(parents=True, exist_ok=True)
     return result, render_report(log_path, report)
 

@@ -3,14 +3,23 @@
 One loop for every platform. A :class:`TrafficBackend` moves traffic (the
 local HAProxy, :class:`recflow.rollout.proxy.TrafficProxy`; the
 InferenceService on a cluster) and a metrics source measures each variant
-over the last interval (:func:`recflow.rollout.prometheus.variant_metrics`);
-:func:`recflow.rollout.analysis.analyse` decides. Per interval:
+(:func:`recflow.rollout.prometheus.variant_metrics`);
+:func:`recflow.rollout.analysis.analyse` decides. After every interval:
 
 - ``advance``: the next step's weight is set; ``promote`` after the last;
 - ``hold``: the step is kept for another interval, at most
   ``max_holds_per_step`` times, after which the canary is rolled back (a
   canary that cannot gather evidence is not promoted on faith);
 - ``rollback``: the canary's weight goes back to 0 at once.
+
+The evidence at a step is everything since its weight was set: after n
+intervals there, both variants are measured over the last n intervals. So a
+hold waits for more evidence rather than starting again: a step whose every
+interval is short of ``min_requests`` is judged once the intervals together
+hold enough. Judging after every interval is repeated testing either way;
+on nested windows the looks are correlated, so a false rollback grows less
+likely with the holds than when each interval was judged on its own (the
+first version, in which a hold also added no evidence).
 
 At the last step (100 %) the stable server has no users, so the canary's
 interval there is compared with the stable's last interval that had traffic.
@@ -72,13 +81,14 @@ class RolloutResult:
 
 def run_rollout(
     backend: TrafficBackend,
-    measure: Callable[[str], VariantMetrics],
+    measure: Callable[[str, float], VariantMetrics],
     config: RolloutConfig,
     log_path: str | Path,
     sleep: Callable[[float], None] = time.sleep,
     references: ScoreReferences = ScoreReferences(),
 ) -> RolloutResult:
-    """Drive one rollout to promotion or rollback; ``measure("stable"|"canary")`` gives an interval's figures."""
+    """Drive one rollout to promotion or rollback; ``measure("stable"|"canary", seconds)`` gives a variant's
+    figures over the last ``seconds``."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     steps = config.analysis.steps
@@ -88,12 +98,14 @@ def run_rollout(
         backend.set_canary_percent(steps[0])
         while True:
             sleep(config.interval_seconds)
+            # Every interval since the step's weight was set (holds included).
+            seconds = (holds + 1) * config.interval_seconds
             # At 100 % the stable server serves nobody: the canary is judged
-            # against the stable's last interval with traffic instead.
+            # against the stable's figures at the last step with traffic instead.
             stable_now = steps[step_index] < 100 or last_stable is None
-            stable = measure("stable") if stable_now else last_stable
+            stable = measure("stable", seconds) if stable_now else last_stable
             last_stable = stable
-            canary = measure("canary")
+            canary = measure("canary", seconds)
             decision = analyse(stable, canary, steps[step_index], config.analysis, references)
             action, reason = decision.action, decision.reason
             if action == "hold":
@@ -103,6 +115,7 @@ def run_rollout(
             record = {
                 "time": time.time(),
                 "percent": steps[step_index],
+                "seconds": seconds,
                 "action": action,
                 "reason": reason,
                 "checks": decision.to_dict()["checks"],
@@ -124,7 +137,7 @@ def run_rollout(
 
 def carry_out(
     backend: RolloutBackend,
-    measure: Callable[[str], VariantMetrics],
+    measure: Callable[[str, float], VariantMetrics],
     config: RolloutConfig,
     log_path: str | Path,
     sleep: Callable[[float], None] = time.sleep,

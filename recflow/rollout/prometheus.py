@@ -5,8 +5,8 @@ matchers: on the local platform the scrape ``job`` named after the server
 (and the feedback counters' ``variant`` label of the same name); on a cluster
 the Knative revision or the Deployment's pods of the variant
 (:mod:`recflow.kubernetes.inferenceservice`). The queries are the same for
-both. One interval's :class:`VariantMetrics` are the increases over the last
-``window`` of:
+both. A variant's :class:`VariantMetrics` are the increases over the last
+``seconds`` (the rollout's current step so far) of:
 
 - ``recflow_requests_total`` (inference endpoints; 5xx among them are errors),
 - ``recflow_batch_users_sum`` (users answered) and
@@ -79,13 +79,14 @@ class Prometheus:
         return total
 
 
-def variant_metrics(prometheus: Prometheus, variant: str | VariantSelector, window: str) -> VariantMetrics:
-    """One variant's figures over the last ``window`` (a PromQL duration such as ``"60s"``).
+def variant_metrics(prometheus: Prometheus, variant: str | VariantSelector, seconds: float) -> VariantMetrics:
+    """One variant's figures over the last ``seconds``.
 
     ``variant``: its selector, or a local platform job name (``"stable"``, ``"canary"``).
     """
     chosen = variant if isinstance(variant, VariantSelector) else VariantSelector.local(variant)
     selector = chosen.server
+    window = f"{round(seconds * 1000)}ms"  # PromQL durations take whole units
 
     def increase(metric: str, extra: str = "") -> float:
         labels = selector + (f",{extra}" if extra else "")

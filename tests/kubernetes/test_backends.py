@@ -539,7 +539,7 @@ def test_serverless_canary_promoted_through_run_rollout(tmp_path, form):
     the container kept, or in model.storageUri) with canaryTrafficPercent 0,
     each step's percent, then the percent removed, after which the canary
     revision serves all traffic as the rolled-out one. Every PromQL query
-    selects one revision by ``serving_knative_dev_revision``.
+    selects one revision by ``serving_knative_dev_revision``, over the step so far.
     """
     api = FakeKServe("Serverless", form)
     result, prometheus = cluster_rollout(tmp_path, api, "serverless", SERVERLESS_SELECTORS, HEALTHY)
@@ -560,6 +560,7 @@ def test_serverless_canary_promoted_through_run_rollout(tmp_path, form):
     assert predictor["latestRolledoutRevision"] == "recommender-predictor-00002"
     assert predictor["traffic"] == [{"revisionName": "recommender-predictor-00002", "percent": 100, "latestRevision": True}]
     assert {variant for variant, _ in prometheus.queries} == {"stable", "canary"}
+    assert all("[30000ms]" in promql for _, promql in prometheus.queries)  # one interval at each step, no holds
     # s3:// bundles, which this process does not read: the score check compares the live scores, and says so
     details = [c["detail"] for d in read_log(result.log_path) for c in d["checks"] if c["name"] == "score distribution"]
     assert details and all("no export-time score histogram in the stable and canary bundle" in d for d in details)

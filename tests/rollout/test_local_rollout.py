@@ -129,14 +129,17 @@ HEALTHY = VariantMetrics(
 CONFIG = RolloutConfig(analysis=AnalysisConfig(steps=[5, 25, 50, 100]), interval_seconds=30, max_holds_per_step=2)
 
 
-def scripted(running, canary_figures):
-    """A measure function that records the proxy's canary weight at every interval."""
+def scripted(running, canary_figures, stable_figures=lambda seconds: HEALTHY):
+    """A measure function that records the proxy's canary weight at every interval.
+
+    ``canary_figures(interval number)``; ``stable_figures(seconds measured)``.
+    """
     seen = []
 
-    def measure(variant: str) -> VariantMetrics:
+    def measure(variant: str, seconds: float) -> VariantMetrics:
         if variant == "stable":
             seen.append(running.weights()["canary"])
-            return HEALTHY
+            return stable_figures(seconds)
         return canary_figures(len(seen))
 
     return measure, seen
@@ -182,6 +185,27 @@ def test_a_canary_without_evidence_is_rolled_back_after_the_allowed_holds(proxy,
     assert seen == [5, 5, 5]
     assert [r["action"] for r in read_log(result.log_path)] == ["hold", "hold", "rollback"]
     assert running.weights()["canary"] == 0
+
+
+def test_a_hold_adds_the_next_interval_to_the_steps_evidence(proxy, tmp_path):
+    """A step is judged on every interval since its weight was set: two short intervals together suffice."""
+    running, _ = proxy
+    per_interval = CONFIG.analysis.min_requests * 3 // 4  # each interval alone is short of evidence
+    slow = {"requests": per_interval, "users": per_interval}
+
+    def stable(seconds: float) -> VariantMetrics:
+        intervals = round(seconds / CONFIG.interval_seconds)
+        return dataclasses.replace(HEALTHY, **{name: count * intervals for name, count in slow.items()})
+
+    measure, seen = scripted(running, lambda interval: HEALTHY, stable)
+    result = run_rollout(running, measure, CONFIG, tmp_path / "rollout.jsonl", sleep=no_wait)
+    assert result.outcome == "promoted"
+    log = read_log(result.log_path)
+    assert [(r["percent"], r["action"], r["seconds"]) for r in log] == [
+        (5, "hold", 30), (5, "advance", 60), (25, "hold", 30), (25, "advance", 60),
+        (50, "hold", 30), (50, "advance", 60), (100, "promote", 30),
+    ]  # fmt: skip
+    assert seen == [5, 5, 25, 25, 50, 50]
 
 
 def test_a_deep_directory_still_gets_a_runtime_socket(tmp_path):

@@ -107,8 +107,8 @@ def scraped(tmp_path_factory):
 
 def test_variant_figures_come_back_from_promql(scraped):
     prometheus, _, _ = scraped
-    stable = variant_metrics(prometheus, "stable", "10s")
-    canary = variant_metrics(prometheus, "canary", "10s")
+    stable = variant_metrics(prometheus, "stable", 10.0)
+    canary = variant_metrics(prometheus, "canary", 10.0)
     # increase() extrapolates over the window: rates are exact, counts approximately 10 s worth.
     assert 600 < stable.requests < 1400 and 600 < canary.requests < 1400
     assert stable.errors == 0
@@ -131,8 +131,8 @@ def test_variant_figures_come_back_from_promql(scraped):
 def test_the_analysis_rolls_the_faulty_canary_back_on_those_figures(scraped):
     prometheus, _, _ = scraped
     decision = analyse(
-        variant_metrics(prometheus, "stable", "10s"),
-        variant_metrics(prometheus, "canary", "10s"),
+        variant_metrics(prometheus, "stable", 10.0),
+        variant_metrics(prometheus, "canary", 10.0),
         5,
         AnalysisConfig(min_requests=100, min_impressions=1000),
     )
@@ -141,7 +141,7 @@ def test_the_analysis_rolls_the_faulty_canary_back_on_those_figures(scraped):
         "error rate", "p99 latency", "score distribution", "click-through rate"
     }
     # The stable variant measured against itself passes every check.
-    stable = variant_metrics(prometheus, "stable", "10s")
+    stable = variant_metrics(prometheus, "stable", 10.0)
     assert analyse(stable, stable, 100, AnalysisConfig(min_requests=100, min_impressions=1000)).action == "promote"
 
 
