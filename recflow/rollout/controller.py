@@ -193,7 +193,7 @@ def render_report(log_path: str | Path, out: str | Path) -> Path:
         axis.legend(loc="best")
         axis.grid(alpha=0.3)
     rows = "".join(
-        f"<tr><td>{m:.1f}</td><td>{r['percent']}%</td><td>{html.escape(r['action'])}</td>"
+        f"<tr><td>{m:.1f}</td><td>{r['percent']}%</td><td>{_window(r)}</td><td>{html.escape(r['action'])}</td>"
         f"<td>{html.escape(r['reason'])}</td></tr>"
         for m, r in zip(minutes, records)
     )
@@ -202,11 +202,16 @@ def render_report(log_path: str | Path, out: str | Path) -> Path:
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}}</style>
 </head><body><h1>Rollout: {html.escape(final['action'])}</h1><p>{html.escape(final['reason'])}</p>
 <img alt="traffic, latency and click-through per variant" src="{png_data_uri(figure)}">
-<h2>Decisions</h2><table><tr><th>minute</th><th>canary</th><th>action</th><th>reason</th></tr>{rows}</table>
+<h2>Decisions</h2><table><tr><th>minute</th><th>canary</th><th>evidence</th><th>action</th><th>reason</th></tr>{rows}</table>
 </body></html>"""
     out = Path(out)
     out.write_text(page)
     return out
+
+
+def _window(record: dict) -> str:
+    """The seconds at the step the decision was taken on (logs from before windows grew have none)."""
+    return f"last {record['seconds']:g} s" if "seconds" in record else ""
 
 
 def _ctr(metrics: dict) -> float:

@@ -162,7 +162,7 @@ def test_a_healthy_canary_walks_every_step_and_is_promoted(proxy, tmp_path):
     assert [r["stable_interval"] for r in log] == ["this", "this", "this", "previous"]
     assert log[0]["canary"]["requests"] == 2000 and {c["name"] for c in log[0]["checks"]} >= {"error rate"}
     page = render_report(result.log_path, tmp_path / "rollout.html").read_text()
-    assert page.count("data:image/png;base64,") == 1 and "promote" in page
+    assert page.count("data:image/png;base64,") == 1 and "promote" in page and "<td>last 30 s</td>" in page
 
 
 def test_a_faulty_canary_is_rolled_back_at_its_first_analysis_and_never_reaches_100(proxy, tmp_path):
