@@ -10,7 +10,10 @@ same for the floor, a no-op ``kserve.Model`` on the same server settings
 (one worker, the same app, logging and metrics). Prints p50/p99 latency,
 throughput and errors for both and the ratios, and the fallbacks the
 recommender counted: answers from a fallback would flatter its figures, so
-they are reported, not hidden.
+they are reported, not hidden. Between the two, the same load on the
+recommender's request path alone (``serving.model.RequestPathModel``:
+parsing, the micro-batcher and its thread hops, fixed answers): what the
+protocol and the batching cost, apart from the features and the stages.
 
 Freshness, on the same recommender server after the load: for each of
 ``--freshness-trials`` users, a click on the first item it serves them goes
@@ -65,6 +68,8 @@ def run(
             recommender = _load(server.url + V1_PATH, users_file, concurrency, seconds)
             fallbacks, batches = _server_metrics(server.url)
             freshness = _freshness(server.url + V1_PATH, store.get_store(repo), load_users[users:], tmp / "feedback.jsonl")
+        with ServerProcess(["--request-path"], tmp / "request-path.log") as server:
+            request_path = _load(server.url + V1_PATH, users_file, concurrency, seconds)
         with ServerProcess(["--noop"], tmp / "noop.log") as server:
             floor = _load(server.url + V1_PATH, users_file, concurrency, seconds)
     ratios = {
@@ -76,7 +81,7 @@ def run(
         "p50": ratios["p50"] <= BARS["p50"],
         "p99": ratios["p99"] <= BARS["p99"],
         "throughput": ratios["throughput"] >= BARS["throughput"],
-        "errors": recommender["errors"] == 0 and floor["errors"] == 0,
+        "errors": all(run["errors"] == 0 for run in (recommender, request_path, floor)),
         "freshness": freshness["p99_ms"] < 1000.0,
     }
     result = {
@@ -84,6 +89,7 @@ def run(
         "concurrency": concurrency,
         "seconds": seconds,
         "recommender": recommender,
+        "request_path": request_path,
         "floor": floor,
         "ratios": ratios,
         "passed": passed,
@@ -190,18 +196,20 @@ def _server_metrics(url: str) -> tuple[dict[str, float], dict[str, float]]:
 
 
 def _table(result: dict) -> str:
-    rec, floor, ratios = result["recommender"], result["floor"], result["ratios"]
+    rec, path, floor, ratios = result["recommender"], result["request_path"], result["floor"], result["ratios"]
     mark = {True: "ok", False: "FAIL"}
     lines = [
         f"serving benchmark: concurrency {result['concurrency']}, {result['seconds']:.0f} s per server, V1, loopback",
-        f"{'':<14}{'recommender':>14}{'no-op floor':>14}{'ratio':>9}{'bar':>9}",
-        f"{'p50 ms':<14}{rec['p50_ms']:>14.2f}{floor['p50_ms']:>14.2f}{ratios['p50']:>9.2f}"
+        f"{'':<14}{'recommender':>14}{'request path':>14}{'no-op floor':>14}{'ratio':>9}{'bar':>9}",
+        f"{'p50 ms':<14}{rec['p50_ms']:>14.2f}{path['p50_ms']:>14.2f}{floor['p50_ms']:>14.2f}{ratios['p50']:>9.2f}"
         f"{'<= ' + str(BARS['p50']):>9}  {mark[result['passed']['p50']]}",
-        f"{'p99 ms':<14}{rec['p99_ms']:>14.2f}{floor['p99_ms']:>14.2f}{ratios['p99']:>9.2f}"
+        f"{'p99 ms':<14}{rec['p99_ms']:>14.2f}{path['p99_ms']:>14.2f}{floor['p99_ms']:>14.2f}{ratios['p99']:>9.2f}"
         f"{'<= ' + str(BARS['p99']):>9}  {mark[result['passed']['p99']]}",
-        f"{'requests/s':<14}{rec['throughput_rps']:>14.1f}{floor['throughput_rps']:>14.1f}{ratios['throughput']:>9.2f}"
-        f"{'>= ' + str(BARS['throughput']):>9}  {mark[result['passed']['throughput']]}",
-        f"{'errors':<14}{rec['errors']:>14d}{floor['errors']:>14d}{'':>9}{'0':>9}  {mark[result['passed']['errors']]}",
+        f"{'requests/s':<14}{rec['throughput_rps']:>14.1f}{path['throughput_rps']:>14.1f}{floor['throughput_rps']:>14.1f}"
+        f"{ratios['throughput']:>9.2f}{'>= ' + str(BARS['throughput']):>9}  {mark[result['passed']['throughput']]}",
+        f"{'errors':<14}{rec['errors']:>14d}{path['errors']:>14d}{floor['errors']:>14d}{'':>9}{'0':>9}"
+        f"  {mark[result['passed']['errors']]}",
+        "ratio and bar: recommender / no-op floor; request path: the recommender's parsing and batching, fixed answers",
         f"freshness, click to served through the feedback ingestion ({result['freshness']['trials']} users): p50 {result['freshness']['p50_ms']:.1f} ms,"
         f" p99 {result['freshness']['p99_ms']:.1f} ms (bar < 1000)  {mark[result['passed']['freshness']]}",
         f"fallbacks counted by the recommender during the load: {result['fallbacks'] or 'none'}",

@@ -32,8 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=int(os.environ.get("HTTP_PORT", 8080)))
     parser.add_argument("--config", help="serving settings (YAML, see serving/config.py)")
-    parser.add_argument(
+    stand_in = parser.add_mutually_exclusive_group()
+    stand_in.add_argument(
         "--noop", action="store_true", help="serve the no-op model instead (the benchmark's latency floor)"
+    )
+    stand_in.add_argument(
+        "--request-path",
+        action="store_true",
+        help="serve the recommender's request path with fixed answers, no features or stages (a benchmark row)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (off: metrics carry latencies)")
 
@@ -60,13 +66,15 @@ def run(args: argparse.Namespace) -> None:
     # kserve parses the process's command line for its own flags when first
     # imported, and would read ours (--config) as abbreviations of them.
     sys.argv = sys.argv[:1]
-    from serving.model import NoOpModel, RecommenderModel
+    from serving.model import NoOpModel, RecommenderModel, RequestPathModel
     from serving.server import serve
 
+    config = ServingConfig.from_file(args.config) if args.config else ServingConfig()
     if args.noop:
         model = NoOpModel()
+    elif args.request_path:
+        model = RequestPathModel(config)
     else:
-        config = ServingConfig.from_file(args.config) if args.config else ServingConfig()
         bundle = resolve_bundle(args.bundle, args.workspace)
         feature_repo = Path(args.feature_repo) if args.feature_repo else Path(args.workspace) / "feature_repo"
         if not (feature_repo / "feature_store.yaml").is_file():

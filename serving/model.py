@@ -107,6 +107,10 @@ class RecommenderModel(Model):
         self.ready = True
         return self.ready
 
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
     async def predict(self, payload, headers=None, response_headers=None):
         started = time.perf_counter()
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
@@ -117,9 +121,9 @@ class RecommenderModel(Model):
             if protocol == "v2":
                 queries = parse_v2(payload, self.config)
                 answers = await self._batcher.submit(queries)
-                return v2_response(payload, answers, queries, self.name, self.bundle.version)
+                return v2_response(payload, answers, queries, self.name, self.version)
             answers = await self._batcher.submit(parse_v1(payload, self.config))
-            return v1_response(answers, self.bundle.version)
+            return v1_response(answers, self.version)
         finally:  # failed requests too: the latency alert must see them
             metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - started)
 
@@ -268,6 +272,33 @@ class MicroBatcher:
 def _log_late_read(read: concurrent.futures.Future) -> None:
     if not read.cancelled() and read.exception() is not None:
         log.warning("online feature read failed after its deadline: %s", read.exception())
+
+
+class RequestPathModel(RecommenderModel):
+    """The recommender's request path without its work: the benchmark's middle row.
+
+    Requests are parsed, queued, batched and sent through both thread hops
+    exactly as :class:`RecommenderModel` does it, and answered with one
+    fixed list: no feature read, no stage. Between the no-op floor and the
+    recommender, it tells what the protocol and the batching cost from
+    what the features and the stages cost.
+    """
+
+    def __init__(self, config: ServingConfig = ServingConfig(), name: str = MODEL_NAME):
+        super().__init__(bundle_dir="", feature_repo="", config=config, name=name)
+        self._items = [(f"item-{rank}", 1.0 / rank) for rank in range(1, config.max_k + 1)]
+
+    def load(self) -> bool:
+        self._batcher = MicroBatcher(lambda user_ids: None, self._fixed_answers, self.config)
+        self.ready = True
+        return self.ready
+
+    @property
+    def version(self) -> str:
+        return "request-path"
+
+    def _fixed_answers(self, queries: list[Query], features: None, failure: str | None) -> list[Answer]:
+        return [Answer(query.user_id, self._items[: query.k], None) for query in queries]
 
 
 class NoOpModel(Model):

@@ -1,7 +1,9 @@
-"""The micro-batcher alone: answers stay with their requests, failures stay in their batch.
+"""The micro-batcher: answers stay with their requests, failures stay in their batch.
 
 The read and answer functions are small stand-ins that record what they were
-given; the batcher, its thread pools and its deadline are the real ones.
+given; the batcher, its thread pools and its deadline are the real ones. The
+last test serves the batcher behind a real server with fixed answers
+(``RequestPathModel``, the serving benchmark's middle row).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import asyncio
 import threading
 import time
 
+import httpx
 import pytest
 
 from recflow.recommender.online import Answer, Query
 from serving.config import ServingConfig
 from serving.model import MicroBatcher
+from serving.process import ServerProcess
 
 
 class Recorder:
@@ -132,3 +136,23 @@ def test_contradictory_settings_are_rejected():
         ServingConfig(max_batch_users=8, max_users_per_request=16)
     with pytest.raises(ValueError, match="max_kk"):
         ServingConfig(max_kk=3)
+
+
+def test_the_request_path_alone_answers_v1_and_v2_through_the_batcher_with_its_fixed_list(tmp_path):
+    """``python -m serving --request-path`` (the serving benchmark's middle row): the real server, no bundle."""
+    config = tmp_path / "serving.yaml"
+    config.write_text("max_k: 20\n")
+    with ServerProcess(["--request-path", "--config", str(config)], tmp_path / "server.log") as server:
+        v1 = httpx.post(f"{server.url}/v1/models/recommender:predict",
+                        json={"instances": [{"user_id": "a", "k": 3}, {"user_id": "b"}]}).json()  # fmt: skip
+        assert [(p["user_id"], len(p["items"]), p["model_version"]) for p in v1["predictions"]] == [
+            ("a", 3, "request-path"), ("b", 10, "request-path")
+        ]
+        assert v1["predictions"][0]["items"][0] == {"item_id": "item-1", "score": 1.0}
+        v2 = httpx.post(f"{server.url}/v2/models/recommender/infer", json={"inputs": [
+            {"name": "user_id", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+            {"name": "k", "shape": [1], "datatype": "INT32", "data": [2]},
+        ]}).json()  # fmt: skip
+        assert next(o for o in v2["outputs"] if o["name"] == "item_ids")["data"] == ["item-1", "item-2"]
+        too_many = httpx.post(f"{server.url}/v1/models/recommender:predict", json={"instances": [{"user_id": "a", "k": 21}]})
+        assert too_many.status_code == 400 and "k" in too_many.text  # its config's max_k, checked as the recommender checks it
