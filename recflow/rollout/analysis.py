@@ -96,7 +96,9 @@ class AnalysisConfig(BaseModel):
 
     steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100], description="Canary traffic %, in order")
     min_requests: int = Field(200, ge=1, description="Requests per variant at a step before judging")
-    min_impressions: int = Field(500, ge=1, description="Served items with feedback per variant at a step before judging CTR")
+    min_impressions: int = Field(
+        500, ge=1, description="Served items with feedback per variant at a step before judging CTR"
+    )
     significance: float = Field(0.05, gt=0, lt=1, description="One-sided test level for rates")
     max_error_rate_increase: float = Field(0.01, ge=0, description="Allowed absolute rise of the 5xx rate")
     max_fallback_rate_increase: float = Field(0.02, ge=0, description="Allowed absolute rise of the fallback rate")

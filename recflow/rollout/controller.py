@@ -22,7 +22,8 @@ likely with the holds than when each interval was judged on its own (the
 first version, in which a hold also added no evidence).
 
 At the last step (100 %) the stable server has no users, so the canary's
-interval there is compared with the stable's last interval that had traffic.
+figures there are compared with the stable's at the last step that had
+traffic.
 The caller hands over both bundles' export-time score histograms
 (:class:`recflow.rollout.analysis.ScoreReferences`), which the score check
 judges each model's live scores against.
