@@ -73,17 +73,55 @@ def served_variant(environ=os.environ) -> str:
     return pod.rsplit("-", 2)[0] if pod.count("-") >= 2 else ""
 
 
-class RecommenderModel(Model):
-    def __init__(self, bundle_dir: str | Path, feature_repo: str | Path, config: ServingConfig, name: str = MODEL_NAME):
+class BatchedModel(Model):
+    """What every batched model of this server shares: ``predict`` parses V1 or V2, names the variant,
+    injects a configured fault, and sends the queries through the micro-batcher that ``load`` sets up."""
+
+    def __init__(self, config: ServingConfig, name: str = MODEL_NAME):
         super().__init__(name, return_response_headers=True)  # predict names the variant in a header
+        self.config = config
+        self._batcher: MicroBatcher | None = None
+        self.variant = served_variant()
+
+    @property
+    def version(self) -> str:
+        """The model version the answers name."""
+        raise NotImplementedError
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        started = time.perf_counter()
+        protocol = "v2" if isinstance(payload, InferRequest) else "v1"
+        if self.variant and response_headers is not None:
+            response_headers[VARIANT_HEADER] = self.variant
+        try:
+            await self._injected_fault()
+            if protocol == "v2":
+                queries = parse_v2(payload, self.config)
+                answers = await self._batcher.submit(queries)
+                return v2_response(payload, answers, queries, self.name, self.version)
+            answers = await self._batcher.submit(parse_v1(payload, self.config))
+            return v1_response(answers, self.version)
+        finally:  # failed requests too: the latency alert must see them
+            metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - started)
+
+    async def _injected_fault(self) -> None:
+        fault = self.config.inject_fault
+        if fault is None:
+            return
+        if fault.kind == "latency":
+            await asyncio.sleep(fault.latency_ms / 1000.0)
+        elif random.random() < fault.error_rate:
+            raise InjectedFault(f"injected fault: failing {fault.error_rate:.0%} of requests")
+
+
+class RecommenderModel(BatchedModel):
+    def __init__(self, bundle_dir: str | Path, feature_repo: str | Path, config: ServingConfig, name: str = MODEL_NAME):
+        super().__init__(config, name)
         self.bundle_dir = Path(bundle_dir)
         self.feature_repo = Path(feature_repo)
-        self.config = config
         self.bundle: Bundle | None = None
         self.recommender: OnlineRecommender | None = None
         self.reader: UserFeatureReader | None = None
-        self._batcher: MicroBatcher | None = None
-        self.variant = served_variant()
 
     def load(self) -> bool:
         """Load the bundle and connect to the feature store; ``ready`` only once both worked."""
@@ -111,22 +149,6 @@ class RecommenderModel(Model):
     def version(self) -> str:
         return self.bundle.version
 
-    async def predict(self, payload, headers=None, response_headers=None):
-        started = time.perf_counter()
-        protocol = "v2" if isinstance(payload, InferRequest) else "v1"
-        if self.variant and response_headers is not None:
-            response_headers[VARIANT_HEADER] = self.variant
-        try:
-            await self._injected_fault()
-            if protocol == "v2":
-                queries = parse_v2(payload, self.config)
-                answers = await self._batcher.submit(queries)
-                return v2_response(payload, answers, queries, self.name, self.version)
-            answers = await self._batcher.submit(parse_v1(payload, self.config))
-            return v1_response(answers, self.version)
-        finally:  # failed requests too: the latency alert must see them
-            metrics.REQUEST_SECONDS.labels(protocol).observe(time.perf_counter() - started)
-
     def _warm_up(self, calls: int = 3) -> None:
         """Run the whole path a few times before reporting ready, metrics untouched.
 
@@ -142,15 +164,6 @@ class RecommenderModel(Model):
         as_known = dataclasses.replace(features, known=np.ones(1, dtype=bool))  # the stack, not the cold start
         for _ in range(calls):
             self.recommender.answer([Query(WARM_UP_USER, self.config.default_k)], as_known, pd.Timestamp.now(tz="UTC"))
-
-    async def _injected_fault(self) -> None:
-        fault = self.config.inject_fault
-        if fault is None:
-            return
-        if fault.kind == "latency":
-            await asyncio.sleep(fault.latency_ms / 1000.0)
-        elif random.random() < fault.error_rate:
-            raise InjectedFault(f"injected fault: failing {fault.error_rate:.0%} of requests")
 
     def _read_features(self, user_ids: list[str]) -> UserFeatures:
         return self.reader.read(user_ids)
@@ -274,18 +287,19 @@ def _log_late_read(read: concurrent.futures.Future) -> None:
         log.warning("online feature read failed after its deadline: %s", read.exception())
 
 
-class RequestPathModel(RecommenderModel):
+class RequestPathModel(BatchedModel):
     """The recommender's request path without its work: the benchmark's middle row.
 
     Requests are parsed, queued, batched and sent through both thread hops
-    exactly as :class:`RecommenderModel` does it, and answered with one
+    exactly as :class:`RecommenderModel` does it (the same
+    :class:`BatchedModel`), and answered with one
     fixed list: no feature read, no stage. Between the no-op floor and the
     recommender, it tells what the protocol and the batching cost from
     what the features and the stages cost.
     """
 
     def __init__(self, config: ServingConfig = ServingConfig(), name: str = MODEL_NAME):
-        super().__init__(bundle_dir="", feature_repo="", config=config, name=name)
+        super().__init__(config, name)
         self._items = [(f"item-{rank}", 1.0 / rank) for rank in range(1, config.max_k + 1)]
 
     def load(self) -> bool:
