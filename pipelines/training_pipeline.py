@@ -53,6 +53,7 @@ def training_pipeline(
     embedding_dim: int = DEFAULTS.embedding_dim,
     use_ranker: bool = DEFAULTS.use_ranker,
     mmr_lambda: float = DEFAULTS.mmr_lambda,
+    candidate_depths: str = DEFAULTS.candidate_depths,
     nproc_per_node: int = DEFAULTS.nproc_per_node,
     k: int = DEFAULTS.k,
     gate: str = DEFAULTS.gate,
@@ -117,6 +118,7 @@ def training_pipeline(
         k=k,
         use_ranker=use_ranker,
         mmr_lambda=mmr_lambda,
+        candidate_depths=candidate_depths,
         gate=gate,
     )
     with dsl.If(evaluate.outputs["Output"] == True, name="blessed"):  # noqa: E712 (KFP condition, not a Python bool)

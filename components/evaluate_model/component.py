@@ -14,6 +14,7 @@ def evaluate_model(
     k: int,
     use_ranker: bool,
     mmr_lambda: float,
+    candidate_depths: str,
     gate: str,
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -21,6 +22,9 @@ def evaluate_model(
     evaluation: Output[Artifact],
 ) -> bool:
     """Score the stack, popularity baseline, last blessed stack and (synthetic world) oracle; decide the blessing.
+
+    The stack is scored with each of ``candidate_depths`` (comma-separated
+    candidates per user) and keeps the fewest that score within 1% of the most.
 
     Returns whether the gate blessed the model. A plain ``bool`` return (output
     ``Output``) rather than a named output: kfp.local 2.17 cannot resolve a
@@ -31,14 +35,17 @@ def evaluate_model(
 
     from recflow.evaluation.gate import GateConfig
     from recflow.pipeline import steps
+    from recflow.pipeline.parameters import depth_list
     from recflow.recommender.stack import StackConfig
     from recflow.reranking.rerank import RerankConfig
 
-    stack = StackConfig(use_ranker=use_ranker, rerank=RerankConfig(mmr_lambda=mmr_lambda))
+    depths = depth_list(candidate_depths)
+    stack = StackConfig(candidates=max(depths), use_ranker=use_ranker, rerank=RerankConfig(mmr_lambda=mmr_lambda))
     gate_config = GateConfig.model_validate_json(gate)
     result = steps.evaluate(
-        model.path, ranker.path, dataset.path, split.path, workspace, evaluation.path, gate_config, k=k, stack_config=stack
-    )
+        model.path, ranker.path, dataset.path, split.path, workspace, evaluation.path, gate_config,
+        k=k, stack_config=stack, candidate_depths=depths,
+    )  # fmt: skip
     for recommender, outcome in result["results"].items():
         for name, value in outcome["metrics"].items():
             metrics.log_metric(f"{recommender}/{name}", value)

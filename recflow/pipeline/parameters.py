@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The blessing gate: not worse than popularity on NDCG@10 (the first model) and
 # at most 2% below the last blessed model on NDCG@10 and recall@10.
@@ -51,9 +51,22 @@ class PipelineParameters(BaseModel):
     embedding_dim: int = Field(32, ge=1)
     use_ranker: bool = Field(True, description="false: re-rank the retrieval order (retrieval-only stack)")
     mmr_lambda: float = Field(0.9, ge=0, le=1, description="re-ranking relevance weight (1: no diversity)")
+    # Not below serving's max_k (100), which a bundle must retrieve at least.
+    candidate_depths: str = Field(
+        "100,200",
+        description="candidates per user the evaluation scores the stack with, comma-separated; "
+        "the bundle keeps the fewest whose NDCG@k is within 1% of the most's",
+    )
     nproc_per_node: int = Field(2, ge=1)
     k: int = Field(10, ge=1)
     gate: str = DEFAULT_GATE
+
+
+    @field_validator("candidate_depths")
+    @classmethod
+    def _depths(cls, text: str) -> str:
+        depth_list(text)
+        return text
 
 
 DEFAULTS = PipelineParameters()
@@ -91,3 +104,13 @@ def parameters_for(protocol: str, **overrides) -> PipelineParameters:
 def feature_list(text: str) -> list[str]:
     """The ``ignore_features`` parameter as a list of column names."""
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def depth_list(text: str) -> list[int]:
+    """The ``candidate_depths`` parameter as a list of positive integers; ValueError naming a bad entry."""
+    depths = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry.isdigit() or int(entry) < 1:
+            raise ValueError(f"candidate_depths: {entry!r} is not a positive whole number of candidates")
+        depths.append(int(entry))
+    return depths

@@ -9,6 +9,7 @@ which the caller reads from the feature service the bundle names.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -31,6 +32,8 @@ RETRIEVAL_SCORE = "retrieval_score"
 TIMESTAMP = "event_timestamp"
 # The entities of the two sides the ranking frame joins (the feature repository's names).
 USER_ENTITY, ITEM_ENTITY = "user", "item"
+# How much worse (relative) fewer candidates may score and still be chosen: see fewest_candidates.
+DEPTH_TOLERANCE = 0.01
 
 
 class StackConfig(BaseModel):
@@ -39,11 +42,13 @@ class StackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Candidates retrieval hands to the ranker per user. Ranking and
-    # re-ranking cost grows with them (an 8-user call: 10.4 ms with 200,
-    # 8.2 ms with 100). What fewer cost depends on retrieval's recall: on the
-    # demo world NDCG@10 was 0.1045 with 100, 150 and 200 alike, on the tiny
-    # world with a one-epoch retrieval model 0.134 with 100 against 0.312 with
-    # 200. So a bundle lowers it only where its evaluation shows it can.
+    # re-ranking cost grows with them (an 8-user call with its feature read:
+    # 10.5 ms with 200, 7.4 ms with 100). What fewer cost depends on
+    # retrieval's recall: on the demo world NDCG@10 was 0.1045 with 100,
+    # 150 and 200 alike, on the tiny world with a one-epoch retrieval model
+    # 0.134 with 100 against 0.312 with 200. So the pipeline's evaluation
+    # compares depths and keeps the fewest that score as well as the most
+    # (:func:`fewest_candidates`).
     candidates: int = Field(200, ge=1)
     # False: the retrieval order goes straight to re-ranking (retrieval-only stack).
     use_ranker: bool = True
@@ -114,6 +119,12 @@ class RecommenderStack:
             items = _with_outputs(items.reset_index(drop=True), [t for t in transforms if t.side == ITEM_ENTITY])
             self._ranker_items = self.ranker.encode_columns(items)
             self._item_columns = {name: column for name, column in items.items()}
+
+    def with_candidates(self, candidates: int) -> RecommenderStack:
+        """This stack retrieving ``candidates`` per user; the models and the encoded snapshot are shared."""
+        stack = copy.copy(self)
+        stack.config = StackConfig.model_validate({**self.config.model_dump(), "candidates": candidates})
+        return stack
 
     def recommend(
         self,
@@ -248,6 +259,20 @@ def _take(column: pd.Series, rows: np.ndarray):
 def _top(rows: pd.DataFrame, column: str, k: int) -> dict[str, list[str]]:
     ordered = rows.sort_values(["user_row", column], ascending=[True, False], kind="stable")
     return {user: group["item_id"].head(k).tolist() for user, group in ordered.groupby("user_id", sort=False)}
+
+
+def fewest_candidates(metric_by_depth: Mapping[int, float], tolerance: float = DEPTH_TOLERANCE) -> int:
+    """The fewest candidates per user whose metric is within ``tolerance`` (relative) of the most's.
+
+    Evaluation scores the stack at several retrieval depths: more candidates
+    give the ranker more to find and cost every request more. Differences
+    within the tolerance are below what a held-out sample of a few thousand
+    users resolves, so they do not buy the cost. A NaN metric (no test users)
+    keeps the most.
+    """
+    deepest = max(metric_by_depth)
+    good_enough = metric_by_depth[deepest] * (1.0 - tolerance)
+    return min(depth for depth, value in metric_by_depth.items() if depth == deepest or value >= good_enough)
 
 
 def save_config(config: StackConfig, bundle: Path) -> None:

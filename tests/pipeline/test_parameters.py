@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from recflow.pipeline.parameters import DEFAULTS, STRATIFIED_SETTINGS, feature_list, parameters_for
+from recflow.pipeline.parameters import DEFAULTS, STRATIFIED_SETTINGS, depth_list, feature_list, parameters_for
 
 
 def test_the_time_protocol_takes_the_defaults():
@@ -30,3 +30,11 @@ def test_feature_list():
     assert feature_list("") == []
     assert feature_list(" user_age, item_ctr_7d ,") == ["user_age", "item_ctr_7d"]
     assert feature_list("*") == ["*"]
+
+
+def test_candidate_depths():
+    assert depth_list(DEFAULTS.candidate_depths) == [100, 200]
+    assert depth_list(" 50, 150 ") == [50, 150]
+    for bad in ("", "100,", "0,100", "100,2e2", "-5"):
+        with pytest.raises(ValidationError, match="candidate_depths"):
+            parameters_for("time", candidate_depths=bad)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from recflow.pipeline.local import run_pipeline
+from recflow.recommender.stack import fewest_candidates
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +49,12 @@ def test_blessed_run_exports_a_complete_bundle(first_run):
     assert card["feature_service"] == "ranking_v1"
     assert set(card["stages"]) == {"retrieval", "ranking", "re-ranking"}
     assert 0 <= card["retrieval"]["recall@100"] <= card["retrieval"]["recall@200"] <= 1
+    # Scored with 100 and 200 candidates per user; the bundle retrieves the depth the evaluation chose.
+    by_depth = {int(depth): value for depth, value in outputs.evaluation["candidate_depths"]["by_depth"].items()}
+    assert set(by_depth) == {100, 200}
+    stack = json.loads((bundle / "stack.json").read_text())
+    assert stack["candidates"] == fewest_candidates(by_depth) == outputs.evaluation["stack"]["candidates"]
+    assert card["metrics"]["model"]["ndcg@10"] == pytest.approx(by_depth[stack["candidates"]])
     assert card["parent_model"] is None
     assert card["blessing"]["blessed"] is True
     assert card["metrics"]["model"]["ndcg@10"] >= 0

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from recflow.features.training_set import OnDemandTransform
 from recflow.ranking.model import RETRIEVAL_SCORE, RankerConfig, train_ranker
-from recflow.recommender.stack import RecommenderStack, StackConfig
+from recflow.recommender.stack import RecommenderStack, StackConfig, fewest_candidates
 from recflow.reranking.rerank import RerankConfig, rerank_batch
 from recflow.retrieval.index import ItemIndex
 from recflow.training.config import TrainConfig
@@ -236,3 +237,23 @@ def test_recommend_equals_scoring_the_joined_frame(transformed_stack):
         one = users.iloc[[row]].reset_index(drop=True)
         assert stack.recommend(one, 10, exclude, AT) == _straightforward(stack, one, 10, exclude, AT)
     assert stack.recommend(users.iloc[:0], 10, {}, AT) == []
+
+
+def test_fewest_candidates_is_the_smallest_depth_within_the_tolerance():
+    assert fewest_candidates({100: 0.1045, 150: 0.1047, 200: 0.1044}) == 100  # the demo world's figures
+    assert fewest_candidates({100: 0.134, 200: 0.312}) == 200  # a retrieval model that shortlists poorly
+    assert fewest_candidates({100: 0.300, 150: 0.310, 200: 0.312}) == 150
+    assert fewest_candidates({100: 0.300, 200: 0.312}, tolerance=0.05) == 100
+    assert fewest_candidates({100: float("nan"), 200: float("nan")}) == 200
+    assert fewest_candidates({200: 0.1}) == 200
+
+
+def test_with_candidates_changes_the_retrieval_depth_and_nothing_else(stack):
+    users = _users([["i1", "i2"], ["i3"]], [3.0, 1.0])
+    shallow = stack.with_candidates(20)
+    assert (stack.config.candidates, shallow.config.candidates) == (60, 20)
+    assert shallow.config.model_copy(update={"candidates": 60}) == stack.config
+    assert [len(items) for items in stack.recommend(users, 30, {}, AT)] == [30, 30]
+    assert [len(items) for items in shallow.recommend(users, 30, {}, AT)] == [20, 20]
+    with pytest.raises(ValidationError, match="candidates"):
+        stack.with_candidates(0)
