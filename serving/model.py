@@ -127,8 +127,10 @@ class RecommenderModel(BatchedModel):
         """Load the bundle and connect to the feature store; ``ready`` only once both worked."""
         from recflow.features.store import get_store
         from recflow.features.training_set import on_demand_transforms
+        from recflow.retrieval.index import set_search_threads
 
         torch.set_num_threads(self.config.torch_threads)
+        set_search_threads(self.config.faiss_threads)
         store = get_store(self.feature_repo)
         self.bundle = load_bundle(self.bundle_dir, lambda service: on_demand_transforms(store, service))
         candidates = self.bundle.stack.config.candidates

@@ -46,6 +46,11 @@ QUERY_BLOCK = 4096
 Exclusions = Union[np.ndarray, Sequence[Collection[str]], None]
 
 
+def set_search_threads(threads: int) -> None:
+    """faiss's OpenMP threads for every index of this process (a server sets it once, at load)."""
+    _faiss().omp_set_num_threads(threads)
+
+
 def _faiss():
     try:
         import faiss
