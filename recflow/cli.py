@@ -186,10 +186,14 @@ def cmd_step(args: argparse.Namespace) -> int:
         result = steps.train_ranker(args.ranking_set, args.dataset, args.out, config)
     elif name == "evaluate":
         from recflow.evaluation.gate import GateConfig
-        from recflow.pipeline.parameters import DEFAULT_GATE
+        from recflow.pipeline.parameters import DEFAULT_GATE, depth_list
 
         gate = GateConfig.model_validate_json(args.gate or DEFAULT_GATE)
-        result = steps.evaluate(args.model, args.ranker, args.dataset, args.split, args.workspace, args.out, gate, k=args.k)
+        depths = depth_list(args.candidate_depths)
+        result = steps.evaluate(
+            args.model, args.ranker, args.dataset, args.split, args.workspace, args.out, gate,
+            k=args.k, candidate_depths=depths,
+        )  # fmt: skip
         result = {"decision": result["decision"], "metrics": {n: r["metrics"] for n, r in result["results"].items()}}
     elif name == "export":
         result = steps.export_bundle(args.model, args.ranker, args.evaluation, args.dataset, args.workspace, args.out)
@@ -392,6 +396,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from recflow.pipeline.parameters import DEFAULTS
+
     parser = argparse.ArgumentParser(prog="recflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -497,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     evaluate.add_argument("--k", type=int, default=10)
     evaluate.add_argument("--gate", help="GateConfig as JSON (default: the pipeline's)")
+    evaluate.add_argument(
+        "--candidate-depths",
+        default=DEFAULTS.candidate_depths,
+        help="candidates per user to score the stack with, comma-separated; it keeps the fewest within 1%% "
+        "of the most's NDCG@k (default: the pipeline's, %(default)s)",
+    )
     export = step.add_parser("export", help="write and register the bundle of a blessed model")
     export.add_argument("model")
     export.add_argument("ranker")

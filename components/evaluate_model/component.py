@@ -39,12 +39,11 @@ def evaluate_model(
     from recflow.recommender.stack import StackConfig
     from recflow.reranking.rerank import RerankConfig
 
-    depths = depth_list(candidate_depths)
-    stack = StackConfig(candidates=max(depths), use_ranker=use_ranker, rerank=RerankConfig(mmr_lambda=mmr_lambda))
+    stack = StackConfig(use_ranker=use_ranker, rerank=RerankConfig(mmr_lambda=mmr_lambda))
     gate_config = GateConfig.model_validate_json(gate)
     result = steps.evaluate(
         model.path, ranker.path, dataset.path, split.path, workspace, evaluation.path, gate_config,
-        k=k, stack_config=stack, candidate_depths=depths,
+        k=k, stack_config=stack, candidate_depths=depth_list(candidate_depths),
     )  # fmt: skip
     for recommender, outcome in result["results"].items():
         for name, value in outcome["metrics"].items():

@@ -351,8 +351,8 @@ def evaluate(
     retrieval stage alone is scored too (recall@100/200 of the candidates), and
     a stage report shows what each stage changes.
 
-    ``candidate_depths``: other numbers of candidates per user to score the
-    stack with besides ``stack_config.candidates``; the stack keeps the fewest
+    ``candidate_depths``: numbers of candidates per user to score the stack
+    with, in place of ``stack_config.candidates``; the stack keeps the fewest
     whose NDCG@k is within 1% of the most's (:func:`fewest_candidates`), and
     that stack is the candidate the gate judges and the bundle serves.
 
@@ -385,7 +385,7 @@ def evaluate(
     stack = build_stack(Path(model_dir), Path(ranker_dir), items, stack_config, transforms)
     metric = f"ndcg@{k}"
     by_depth = {}
-    for depth in sorted({stack_config.candidates, *candidate_depths}, reverse=True):
+    for depth in sorted(set(candidate_depths) or {stack_config.candidates}, reverse=True):
         recommender = StackRecommender(stack.with_candidates(depth), users, held_out.cutoff)
         by_depth[depth] = (recommender, evaluate_recommender(recommender, held_out, k, catalog=catalog))
     depth_metrics = {depth: result.metrics[metric] for depth, (_, result) in by_depth.items()}
