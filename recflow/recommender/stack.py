@@ -47,8 +47,8 @@ class StackConfig(BaseModel):
     # retrieval's recall: on the demo world NDCG@10 was 0.1045 with 100,
     # 150 and 200 alike, on the tiny world with a one-epoch retrieval model
     # 0.134 with 100 against 0.312 with 200. So the pipeline's evaluation
-    # compares depths and keeps the fewest that score as well as the most
-    # (:func:`fewest_candidates`).
+    # compares depths and keeps the fewest that score within DEPTH_TOLERANCE
+    # of the most (:func:`fewest_candidates`).
     candidates: int = Field(200, ge=1)
     # False: the retrieval order goes straight to re-ranking (retrieval-only stack).
     use_ranker: bool = True
