@@ -14,6 +14,9 @@ they are reported, not hidden. Between the two, the same load on the
 recommender's request path alone (``serving.model.RequestPathModel``:
 parsing, the micro-batcher and its thread hops, fixed answers): what the
 protocol and the batching cost, apart from the features and the stages.
+For each server it also prints the CPU milliseconds per request of the
+server process and of the load generator (warm-up requests included): the
+server's figure is what bounds its throughput on the core it gets.
 
 Freshness, on the same recommender server after the load: for each of
 ``--freshness-trials`` users, a click on the first item it serves them goes
@@ -65,13 +68,13 @@ def run(
         users_file.write_text("\n".join(load_users[:users]) + "\n")
         recommender_args = ["--bundle", str(bundle_dir), "--feature-repo", str(repo)]
         with ServerProcess(recommender_args, tmp / "recommender.log") as server:
-            recommender = _load(server.url + V1_PATH, users_file, concurrency, seconds)
+            recommender = _load(server, users_file, concurrency, seconds)
             fallbacks, batches = _server_metrics(server.url)
             freshness = _freshness(server.url + V1_PATH, store.get_store(repo), load_users[users:], tmp / "feedback.jsonl")
         with ServerProcess(["--request-path"], tmp / "request-path.log") as server:
-            request_path = _load(server.url + V1_PATH, users_file, concurrency, seconds)
+            request_path = _load(server, users_file, concurrency, seconds)
         with ServerProcess(["--noop"], tmp / "noop.log") as server:
-            floor = _load(server.url + V1_PATH, users_file, concurrency, seconds)
+            floor = _load(server, users_file, concurrency, seconds)
     ratios = {
         "p50": recommender["p50_ms"] / floor["p50_ms"],
         "p99": recommender["p99_ms"] / floor["p99_ms"],
@@ -124,13 +127,17 @@ def known_users(repo: Path, limit: int) -> list[str]:
     return sorted(ids.unique())[:limit]
 
 
-def _load(url: str, users_file: Path, concurrency: int, seconds: float) -> dict:
+def _load(server: ServerProcess, users_file: Path, concurrency: int, seconds: float) -> dict:
+    """The load generator's figures, with the server's CPU milliseconds per request it sent (warm-up included)."""
     command = [
-        sys.executable, "-m", "benchmarks.load", "--url", url, "--users-file", str(users_file),
+        sys.executable, "-m", "benchmarks.load", "--url", server.url + V1_PATH, "--users-file", str(users_file),
         "--concurrency", str(concurrency), "--seconds", str(seconds),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    cpu_before = server.cpu_seconds()
+    result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    server_cpu = server.cpu_seconds() - cpu_before
+    result["server_cpu_ms_per_request"] = 1000.0 * server_cpu / result["sent"] if result["sent"] else float("nan")
+    return result
 
 
 def _freshness(url: str, feature_store, users: list[str], log_path: Path) -> dict:
@@ -209,7 +216,12 @@ def _table(result: dict) -> str:
         f"{ratios['throughput']:>9.2f}{'>= ' + str(BARS['throughput']):>9}  {mark[result['passed']['throughput']]}",
         f"{'errors':<14}{rec['errors']:>14d}{path['errors']:>14d}{floor['errors']:>14d}{'':>9}{'0':>9}"
         f"  {mark[result['passed']['errors']]}",
+        *(
+            f"{label:<14}" + "".join(f"{run[key]:>14.3f}" for run in (rec, path, floor))
+            for label, key in (("server CPU ms", "server_cpu_ms_per_request"), ("client CPU ms", "client_cpu_ms_per_request"))
+        ),
         "ratio and bar: recommender / no-op floor; request path: the recommender's parsing and batching, fixed answers",
+        "CPU ms: CPU time per request sent, warm-up included, of the server process (all its threads) and the load generator",
         f"freshness, click to served through the feedback ingestion ({result['freshness']['trials']} users): p50 {result['freshness']['p50_ms']:.1f} ms,"
         f" p99 {result['freshness']['p99_ms']:.1f} ms (bar < 1000)  {mark[result['passed']['freshness']]}",
         f"fallbacks counted by the recommender during the load: {result['fallbacks'] or 'none'}",

@@ -66,6 +66,19 @@ class ServerProcess:
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server has used so far, all its threads (Linux ``/proc``; NaN elsewhere).
+
+        What a benchmark divides by the requests it sent: the server's CPU per
+        request, which bounds its throughput on the cores it gets.
+        """
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, AttributeError):
+            return float("nan")
+        # Fields 14 and 15 of proc(5) (utime, stime, in clock ticks); [0] here is field 3.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
