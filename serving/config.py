@@ -38,10 +38,17 @@ class ServingConfig(BaseModel):
     max_excluded_items: int = Field(1000, ge=0, description="exclude_item_ids per instance")
     max_batch_users: int = Field(64, ge=1, description="Users the micro-batcher puts into one model call")
     batch_gather_ms: float = Field(
-        2.0,
+        20.0,
         ge=0,
-        description="How long a batch waits for the requests its predecessor answered to come back "
-        "(never longer than this, and not at all when the last batch was a single request)",
+        description="The longest a batch waits for the requests its predecessor answered to come back "
+        "(not at all when the last batch was a single request)",
+    )
+    batch_gather_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A batch waits at most this share of the recent model calls' mean duration (feature read "
+        "included): a split batch costs one more call, so the wait scales with what a call costs on this machine",
     )
     feature_deadline_ms: float = Field(
         100.0, gt=0, description="Online feature read budget; beyond it the batch gets popular items"

@@ -99,6 +99,41 @@ def test_two_halves_of_the_clients_that_missed_each_other_end_up_in_one_batch():
     assert sizes == [4] + [8] * 7 + [4], sizes
 
 
+def _batch_sizes_of_slow_calls_and_slow_clients(config: ServingConfig) -> list[int]:
+    """Eight clients whose next request comes back 1 to 8 ms after their answer; a model call takes 30 ms."""
+
+    class SlowModel(Recorder):
+        def answer(self, queries, features, failure):
+            time.sleep(0.03)
+            return super().answer(queries, features, failure)
+
+    recorder = SlowModel()
+    batcher = MicroBatcher(recorder.read, recorder.answer, config)
+
+    async def client(number: int):
+        for round_ in range(6):
+            await batcher.submit([Query(f"c{number}-{round_}", 1)])
+            await asyncio.sleep(0.001 * (1 + number))
+
+    async def main():
+        await asyncio.gather(*(client(number) for number in range(8)))
+
+    run(main())
+    return [len(batch) for batch in recorder.batches]
+
+
+def test_the_wait_for_returning_clients_follows_the_cost_of_a_call():
+    """Clients slower to come back than a fixed few milliseconds still share one batch when a call is slow.
+
+    The batch waits up to half a recent call (15 ms here) for the eight
+    requests in flight. Without that wait (share 0) the first client back
+    goes alone and the other seven queue behind its whole call.
+    """
+    assert _batch_sizes_of_slow_calls_and_slow_clients(ServingConfig()) == [8] * 6
+    unwaited = _batch_sizes_of_slow_calls_and_slow_clients(ServingConfig(batch_gather_share=0.0))
+    assert len(unwaited) > 6 and min(unwaited) < 8, unwaited
+
+
 def test_a_failing_batch_fails_its_requests_only_and_the_worker_goes_on():
     recorder = Recorder(fail_on="bad")
     batcher = MicroBatcher(recorder.read, recorder.answer, ServingConfig())
