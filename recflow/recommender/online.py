@@ -174,8 +174,10 @@ class OnlineRecommender:
         for rows in _distinct_user_rounds([queries[row].user_id for row in known]):
             rows = known[rows]
             stage = StageTrace(degrade=True)
+            # Under load every user is known and distinct: the frame as read, not a copy of all its rows.
+            whole = len(rows) == len(features.frame)
             lists = self.bundle.stack.recommend(
-                features.frame.iloc[rows].reset_index(drop=True),
+                features.frame if whole else features.frame.iloc[rows].reset_index(drop=True),
                 max(queries[row].k for row in rows),
                 {queries[row].user_id: excluded[row] for row in rows},
                 at,

@@ -183,9 +183,8 @@ class RecommenderStack:
             rows = pd.DataFrame({"user_row": user_rows, "retrieval_score": retrieval_scores, **candidates})
             stages["retrieval"] = _top(rows, "retrieval_score", k)
             stages["ranking"] = _top(rows, "score", k)
-        # The batch's own exclusions (retrieval already left them out): `exclude` may hold every user of an evaluation.
-        batch_seen = {user: items for user, items in zip(user_ids, seen) if items}
-        by_user = rerank_lists(candidates, k, seen=batch_seen, config=self.config.rerank)
+        # No seen items to pass on: retrieval (ANN or exact) already left every excluded item out.
+        by_user = rerank_lists(candidates, k, config=self.config.rerank)
         result = [by_user.get(user, []) for user in user_ids]
         trace.seconds["reranking"] = time.perf_counter() - reranking_started
         if stages is not None:
