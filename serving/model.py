@@ -275,11 +275,8 @@ class MicroBatcher:
 
         Waiting delays the requests already in the batch; not waiting splits
         the batch, and the rest pay a whole model call of their own. So the
-        wait follows what a call costs: a fixed 2 ms kept batches of 8 while
-        a call took 8 ms, but on a machine running three times slower the
-        clients' next requests took longer than that to come back, and calls
-        of 4.8 users each served 148 requests/s where waiting up to 8 ms
-        served 194 with full batches (same bundle, same load, one session).
+        wait follows what a call costs: a fixed 2 ms kept full batches only
+        while the machine was fast (figures in ``docs/design.md``, Serving).
         """
         return min(self.longest_gather, self.config.batch_gather_share * self.call_seconds)
 
