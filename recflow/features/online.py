@@ -95,10 +95,30 @@ class UserFeatureReader:
             stamps = [stamp.timestamp() if stamp is not None else 0.0 for stamp, _ in rows]
             newest = np.maximum(newest, stamps)
         known = newest > 0
-        frame = pd.DataFrame({"user_id": list(user_ids), **{name: columns[name] for name in self.names}})
         # Known users with every value, the common case, have nothing to fill.
         absent = any(value is None for values in columns.values() for value in values)
-        return UserFeatures(fill_missing(frame, self.types) if absent else frame, known, np.where(known, newest, np.nan))
+        if absent:
+            frame = pd.DataFrame({"user_id": list(user_ids), **{name: columns[name] for name in self.names}})
+            frame = fill_missing(frame, self.types)
+        else:
+            frame = pd.DataFrame(
+                {"user_id": list(user_ids), **{name: _column(columns[name]) for name in self.names}}, copy=False
+            )
+        return UserFeatures(frame, known, np.where(known, newest, np.nan))
+
+
+def _column(values: list) -> np.ndarray | list:
+    """A column of values with none absent, as pandas would infer it from the list.
+
+    Numbers become a numpy array here, which pandas takes as it is: inferring
+    the dtype of each list was a third of the cost of a read of 8 users.
+    Anything else (strings, lists, timestamps) stays a list for pandas to infer.
+    """
+    if values and isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+        array = np.array(values)
+        if array.dtype.kind in "if":
+            return array
+    return values
 
 
 def push_clicks(store, clicks: pd.DataFrame) -> pd.DataFrame:

