@@ -47,6 +47,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -291,7 +292,7 @@ class Ranker:
     def score_candidates(
         self,
         rows: pd.DataFrame,
-        users: pd.DataFrame,
+        users: pd.DataFrame | Sequence[pd.DataFrame],
         user_rows: np.ndarray,
         items: EncodedColumns,
         item_rows: np.ndarray,
@@ -303,7 +304,9 @@ class Ranker:
         the snapshot that `items` encodes (:meth:`encode_columns`) and row i of
         `rows`: the columns of each row alone (`retrieval_score`,
         `event_timestamp`, on-demand features), which win over a user's or an
-        item's column of the same name. The scores are those of :meth:`score`
+        item's column of the same name. `users` may be given as several
+        row-aligned frames (a user's features and the outputs of transforms
+        of them), an earlier frame's column winning over a later one's. The scores are those of :meth:`score`
         on that frame (tested), at a fraction of the cost: a request of 8 users
         x 200 candidates encodes 8 users, not 1600 rows, and no item at all.
         Encoding is row-wise, so gathering the encodings of distinct users and
@@ -311,7 +314,12 @@ class Ranker:
         """
         if not len(rows):
             return np.zeros(0)
-        parts = [(self.encode_columns(rows), None), (self.encode_columns(users), user_rows), (items, item_rows)]
+        user_frames = [users] if isinstance(users, pd.DataFrame) else users
+        parts = [
+            (self.encode_columns(rows), None),
+            *((self.encode_columns(frame), user_rows) for frame in user_frames),
+            (items, item_rows),
+        ]
         return torch.sigmoid(torch.from_numpy(self._logits(_RankingInputs(parts, len(rows))))).numpy()
 
     def _logits(self, inputs: _RankingInputs) -> np.ndarray:

@@ -116,7 +116,8 @@ class RecommenderStack:
         self._snapshot_rows = self.items.index.get_indexer(index.item_ids)
         self._categories = np.append(self.items[CATEGORY_COLUMN].to_numpy(), np.nan)[self._snapshot_rows]
         if self.ranker is not None:
-            items = _with_outputs(items.reset_index(drop=True), [t for t in transforms if t.side == ITEM_ENTITY])
+            items = items.reset_index(drop=True)
+            items = _merged(items, _transform_outputs(items, [t for t in transforms if t.side == ITEM_ENTITY]))
             self._ranker_items = self.ranker.encode_columns(items)
             self._item_columns = {name: column for name, column in items.items()}
 
@@ -211,7 +212,10 @@ class RecommenderStack:
         """The ranker's score of every (user, candidate) row, from the users and the encoded snapshot.
 
         The user-side on-demand features are added to the few users; the
-        item-side ones are in the encoded snapshot. Only a transform that
+        item-side ones are in the encoded snapshot. The user-side outputs go
+        to the ranker as frames of their own, not as columns added to the
+        users' frame: adding a column to a pandas frame and reading the copy
+        back cost more than the transform itself. Only a transform that
         combines user and item columns (or the request time) reads joined
         rows: it gets every user and item column gathered to every row, and
         its output columns are scored as per-row columns. Everything else is
@@ -221,10 +225,10 @@ class RecommenderStack:
         if (item_rows < 0).any():
             missing = sorted({self.index.item_ids[p] for p in positions[item_rows < 0]})
             raise KeyError(f"candidates not in the stack's item snapshot: {missing[:5]}")
-        users = _with_outputs(users, self._user_transforms)
+        outputs = _transform_outputs(users, self._user_transforms)
         rows = {RETRIEVAL_SCORE: retrieval_scores, TIMESTAMP: at}
         if self._joint_transforms:
-            joined = {name: _take(column, user_rows) for name, column in users.items()}
+            joined = {name: _take(column, user_rows) for name, column in _merged(users, outputs).items()}
             joined.update((name, _take(column, item_rows)) for name, column in self._item_columns.items())
             # copy=False: the arrays are this request's own; pandas would copy them into blocks.
             frame = pd.DataFrame({**joined, **rows}, copy=False)
@@ -235,13 +239,21 @@ class RecommenderStack:
                 if number < len(self._joint_transforms):  # a later transform may read an earlier one's columns
                     frame = pd.concat([frame, output], axis=1)
         rows = pd.DataFrame(rows, copy=False)
-        return self.ranker.score_candidates(rows, users, user_rows, self._ranker_items, item_rows)
+        user_frames = [*reversed(outputs), users]  # a later output wins over an earlier one and over the users' column
+        return self.ranker.score_candidates(rows, user_frames, user_rows, self._ranker_items, item_rows)
 
 
-def _with_outputs(frame: pd.DataFrame, transforms) -> pd.DataFrame:
-    """``frame`` with the output columns of ``transforms`` (each sees the earlier ones'); outputs replace same-named columns."""
+def _transform_outputs(frame: pd.DataFrame, transforms) -> list[pd.DataFrame]:
+    """Each transform's output frame (row-aligned with ``frame``); each sees ``frame`` with the earlier ones' outputs."""
+    outputs: list[pd.DataFrame] = []
     for transform in transforms:
-        output = transform(frame)
+        outputs.append(transform(_merged(frame, outputs)))
+    return outputs
+
+
+def _merged(frame: pd.DataFrame, outputs: list[pd.DataFrame]) -> pd.DataFrame:
+    """``frame`` with the columns of ``outputs``, a later one replacing a same-named column; ``frame`` itself if none."""
+    for output in outputs:
         frame = frame.copy(deep=False)  # the caller's frame keeps its columns; no values are copied
         for name, column in output.items():
             frame[name] = column.array  # by position, dtype kept
