@@ -184,14 +184,9 @@ def _record(trace: BatchTrace, answers: list[Answer], features: UserFeatures | N
         metrics.STAGE_SECONDS.labels(stage).observe(seconds)
     for reason, users in trace.fallbacks.items():
         metrics.FALLBACKS.labels(reason).inc(users)
-    for answer in answers:
-        if answer.fallback is None:
-            for _, score in answer.items:
-                metrics.SCORES.observe(score)
+    metrics.SCORES.observe_many(score for answer in answers if answer.fallback is None for _, score in answer.items)
     if features is not None:
-        ages = at.timestamp() - features.updated_at[features.known]
-        for age in ages:
-            metrics.FEATURE_AGE.observe(max(float(age), 0.0))
+        metrics.FEATURE_AGE.observe_many(np.maximum(at.timestamp() - features.updated_at[features.known], 0.0))
 
 
 class MicroBatcher:

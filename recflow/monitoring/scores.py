@@ -10,7 +10,7 @@ process's ``/metrics``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +19,10 @@ import numpy as np
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
-def bucket_counts(scores: Iterable[float]) -> tuple[int, ...]:
-    """Scores per bucket as Prometheus counts them: each in the first bucket whose bound is at least it, +Inf last."""
-    positions = np.searchsorted(SCORE_BUCKETS, np.asarray(list(scores), dtype=float), side="left")
-    return tuple(int(count) for count in np.bincount(positions, minlength=len(SCORE_BUCKETS) + 1))
+def bucket_counts(scores: Iterable[float], bounds: Sequence[float] = SCORE_BUCKETS) -> tuple[int, ...]:
+    """Values per bucket as Prometheus counts them: each in the first bucket whose bound is at least it, +Inf last."""
+    positions = np.searchsorted(bounds, np.fromiter(scores, dtype=float), side="left")
+    return tuple(int(count) for count in np.bincount(positions, minlength=len(bounds) + 1))
 
 
 @dataclass(frozen=True)
