@@ -89,7 +89,7 @@ class UserFeatureReader:
             )
             for feature in features:
                 columns[feature] = [
-                    None if values is None or feature not in values else feast_value_type_to_python_type(values[feature])
+                    None if values is None or feature not in values else _python_value(values[feature])
                     for _, values in rows
                 ]
             stamps = [stamp.timestamp() if stamp is not None else 0.0 for stamp, _ in rows]
@@ -105,6 +105,22 @@ class UserFeatureReader:
                 {"user_id": list(user_ids), **{name: _column(columns[name]) for name in self.names}}, copy=False
             )
         return UserFeatures(frame, known, np.where(known, newest, np.nan))
+
+
+# Value kinds Feast's type map returns as they are (scalars) or as a plain list (their lists):
+# converted here without its chain of special cases, a fifth of a read of 8 users' 13 features.
+_PLAIN_KINDS = frozenset(("int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val", "bytes_val"))
+_PLAIN_LIST_KINDS = frozenset(kind.replace("_val", "_list_val") for kind in _PLAIN_KINDS)
+
+
+def _python_value(value: Value):
+    """``feast_value_type_to_python_type(value)``: the same value, faster for the plain kinds."""
+    kind = value.WhichOneof("val")
+    if kind in _PLAIN_KINDS:
+        return getattr(value, kind)
+    if kind in _PLAIN_LIST_KINDS:
+        return list(getattr(value, kind).val)
+    return feast_value_type_to_python_type(value)
 
 
 def _column(values: list) -> np.ndarray | list:
