@@ -59,12 +59,13 @@ class ServingConfig(BaseModel):
         description="torch's intra-op threads for the model call. One: a micro-batch's tensors are small, and a "
         "second thread would compete with the event loop and the feature reads for the same two cores",
     )
-    faiss_threads: int = Field(
+    search_threads: int = Field(
         1,
         ge=1,
-        description="faiss's OpenMP threads for the index search. One: a micro-batch's search takes a few hundred "
-        "microseconds, and OpenMP workers that spin after it take a core from the event loop and the clients "
-        "(demo bundle, concurrency 8: 599-653 requests/s with faiss's default of one per core, 711-716 with one)",
+        description="Threads of the index search: faiss's OpenMP (HNSW index) and BLAS (exact index). One: a "
+        "micro-batch's search takes a few hundred microseconds, and workers that spin after it take a core from the "
+        "event loop and the clients (demo bundle, concurrency 8: 599-653 requests/s with faiss's default of one per "
+        "core, 711-716 with one)",
     )
     request_time: dt.datetime | None = Field(
         None,

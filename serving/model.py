@@ -131,7 +131,7 @@ class RecommenderModel(BatchedModel):
         from recflow.retrieval.index import set_search_threads
 
         torch.set_num_threads(self.config.torch_threads)
-        set_search_threads(self.config.faiss_threads)
+        set_search_threads(self.config.search_threads)
         store = get_store(self.feature_repo)
         self.bundle = load_bundle(self.bundle_dir, lambda service: on_demand_transforms(store, service))
         candidates = self.bundle.stack.config.candidates

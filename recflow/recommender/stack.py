@@ -22,6 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.reranking.rerank import RerankConfig, rerank_lists
+from recflow.retrieval.index import exclude_positions, top_positions
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +198,8 @@ class RecommenderStack:
         item_vectors, item_bias = self.exact_vectors
         scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(item_vectors, dtype=np.float32).T
         scores += np.asarray(item_bias, dtype=np.float32)
-        for row, items in enumerate(seen):
-            excluded = [self._exact_position[item] for item in items if item in self._exact_position]
-            scores[row, excluded] = -np.inf
-        n = min(self.config.candidates, scores.shape[1])
-        # Best first; equal scores by position, as a flat index returns them.
-        order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :n]
-        best = np.take_along_axis(scores, order, axis=1)
-        return np.where(np.isfinite(best), order, -1), best
+        excluded = [np.array([self._exact_position[i] for i in items if i in self._exact_position]) for items in seen]
+        return top_positions(exclude_positions(scores, excluded), self.config.candidates)
 
     def _rank(
         self, users: pd.DataFrame, user_rows: np.ndarray, positions: np.ndarray, retrieval_scores: np.ndarray, at

@@ -10,17 +10,21 @@ vectors uncompressed).
 
 Two kinds of index, chosen by catalogue size:
 
-- ``exact`` (faiss ``IndexFlatIP``) below ``exact_threshold`` items: a
-  brute-force matrix product, exact and fast enough for tens of thousands of
-  items.
+- ``exact`` (stored as a faiss ``IndexFlatIP``) below ``exact_threshold``
+  items: a brute-force matrix product, exact and fast enough for tens of
+  thousands of items. It is searched in numpy (:func:`top_positions`), not
+  by faiss: faiss keeps a heap of the best ``n`` per query, and for a
+  request's few users and 100 candidates that heap cost twice the numpy
+  product and partial sort (0.49 against 0.28 ms, 8 users, 5,000 items).
 - ``hnsw`` (faiss ``IndexHNSWFlat`` with the inner-product metric) above it:
   a navigable small-world graph, sub-linear in the catalogue, whose recall is
   traded against time by ``ef_search``.
 
-Exclusions (items the user has already consumed) are applied after the
-search: the index is asked for ``n`` plus the largest number of excluded
-items among the users of a query block, so every user still gets ``n``
-candidates whenever the catalogue has them.
+Exclusions (items the user has already consumed) never come back: the
+exact search scores them -inf before choosing; HNSW is asked for ``n`` plus
+the largest number of excluded items among the users of a query block and
+drops them after, so every user still gets ``n`` candidates whenever the
+catalogue has them.
 
 faiss is imported lazily: the rest of recflow works without it.
 """
@@ -42,13 +46,23 @@ META_FILE = "index.json"
 DEFAULT_EXACT_THRESHOLD = 50_000
 # Users searched per faiss call: bounds the [block, n + excluded] result arrays.
 QUERY_BLOCK = 4096
+# Scores per exact search block (users x items): bounds its [block, items] matrix to 64 MB.
+EXACT_BLOCK_SCORES = 1 << 24
 
 Exclusions = Union[np.ndarray, Sequence[Collection[str]], None]
 
 
 def set_search_threads(threads: int) -> None:
-    """faiss's OpenMP threads for every index of this process (a server sets it once, at load)."""
+    """The search's threads for every index of this process: faiss's OpenMP (HNSW) and BLAS (exact).
+
+    A server sets it once, at load. BLAS splits even a request's small
+    product over every core by default, and its workers spin after it,
+    taking a core from the event loop and the clients.
+    """
+    from threadpoolctl import threadpool_limits
+
     _faiss().omp_set_num_threads(threads)
+    threadpool_limits(threads, user_api="blas")
 
 
 def _faiss():
@@ -81,6 +95,8 @@ class ItemIndex:
         self.dim = dim  # width of the model's vectors, without the bias dimension
         self.ef_search = ef_search
         self._ids = np.array(self.item_ids + [None], dtype=object)  # position -1 -> None
+        # The exact kind's augmented item vectors (bias last), searched in numpy.
+        self._vectors = index.reconstruct_n(0, index.ntotal) if kind == "exact" else None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -144,6 +160,8 @@ class ItemIndex:
             raise ValueError(f"user vectors have {users.shape[1]} dimensions, the index {self.dim}")
         excluded = self._excluded_positions(exclude, len(users))
         queries = np.ascontiguousarray(np.hstack([users, np.ones((len(users), 1), dtype=np.float32)]))
+        if self._vectors is not None:
+            return self._exact_search(queries, n, excluded)
         positions = np.full((len(users), n), -1, dtype=np.int64)
         scores = np.full((len(users), n), -np.inf, dtype=np.float32)
         for start in range(0, len(users), QUERY_BLOCK):
@@ -174,6 +192,17 @@ class ItemIndex:
             scores[start + found_rows, column[taken]] = found_scores[found_rows, found_columns]
         scores[positions < 0] = -np.inf
         return positions, scores
+
+    def _exact_search(self, queries: np.ndarray, n: int, excluded: list[np.ndarray] | None):
+        block = max(1, EXACT_BLOCK_SCORES // max(len(self.item_ids), 1))
+        found = [
+            top_positions(exclude_positions(queries[start : start + block] @ self._vectors.T,
+                                            excluded[start : start + block] if excluded is not None else None), n)
+            for start in range(0, len(queries), block)
+        ]  # fmt: skip
+        if not found:
+            return np.full((0, n), -1, dtype=np.int64), np.full((0, n), -np.inf, dtype=np.float32)
+        return np.concatenate([p for p, _ in found]), np.concatenate([s for _, s in found])
 
     def _excluded_positions(self, exclude: Exclusions, n_users: int) -> list[np.ndarray] | None:
         """Per user, the sorted positions of the excluded items (None when nothing is excluded)."""
@@ -213,3 +242,40 @@ class ItemIndex:
             raise ValueError(f"{directory}: the index holds {index.ntotal} vectors of {index.d} dimensions, "
                              f"the metadata {len(item_ids)} items of {meta['dim']} + 1")
         return cls(item_ids, index, meta["kind"], meta["dim"], meta["ef_search"])
+
+
+def exclude_positions(scores: np.ndarray, excluded: Sequence[np.ndarray] | None) -> np.ndarray:
+    """`scores` [users, items] with row i's ``excluded[i]`` positions set to -inf (in place)."""
+    if excluded:
+        rows = np.repeat(np.arange(len(excluded)), [len(positions) for positions in excluded])
+        scores[rows, np.concatenate(excluded).astype(np.int64)] = -np.inf
+    return scores
+
+
+def top_positions(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `n` best columns of each row of `scores` [users, items], best first, equal scores by column.
+
+    ``(positions, scores)``, both [users, n]; -inf scores (excluded items)
+    are never chosen, and rows with fewer than `n` others are padded with
+    -1 and -inf. A partial sort (``argpartition``) finds each row's n-th
+    best score; every column at least that good is then ordered, so ties
+    at the edge go to the smaller column whatever the partition picked.
+    """
+    users, items = scores.shape
+    positions = np.full((users, n), -1, dtype=np.int64)
+    best = np.full((users, n), -np.inf, dtype=np.float32)
+    if not users or not items:
+        return positions, best
+    chosen = np.isfinite(scores)
+    if n < items:
+        edge = np.partition(scores, items - n, axis=1)[:, items - n]  # each row's n-th best score
+        chosen &= scores >= edge[:, None]
+    rows, columns = np.nonzero(chosen)
+    values = scores[rows, columns]
+    order = np.lexsort((columns, -values, rows))
+    rows, columns, values = rows[order], columns[order], values[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # place within the row
+    kept = rank < n
+    positions[rows[kept], rank[kept]] = columns[kept]
+    best[rows[kept], rank[kept]] = values[kept]
+    return positions, best

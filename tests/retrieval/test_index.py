@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from recflow.retrieval.index import ItemIndex
+from recflow.retrieval.index import ItemIndex, top_positions
 
 
 def _catalogue(n_items: int, dim: int = 16, seed: int = 0):
@@ -105,3 +105,23 @@ def test_save_and_load_round_trip(tmp_path, threshold):
     after = loaded.search(users, 25)
     np.testing.assert_array_equal(after[0], before[0])
     np.testing.assert_array_equal(after[1], before[1])
+
+
+def test_top_positions_breaks_ties_by_column_and_never_picks_excluded():
+    """Equal scores at the edge of the n best go to the smaller column, whatever the partial sort picked."""
+    scores = np.array(
+        [
+            [1.0, 3.0, 2.0, 2.0, 2.0, 0.5],  # three tied for the 2nd and 3rd places
+            [-np.inf, 1.0, -np.inf, -np.inf, -np.inf, -np.inf],  # one allowed item: padded
+            [5.0, 5.0, 5.0, 5.0, 5.0, 5.0],
+        ],
+        dtype=np.float32,
+    )
+    positions, best = top_positions(scores, 3)
+    assert positions.tolist() == [[1, 2, 3], [1, -1, -1], [0, 1, 2]]
+    assert best[0].tolist() == [3.0, 2.0, 2.0] and best[1, 0] == 1.0 and np.isneginf(best[1, 1:]).all()
+    rng = np.random.default_rng(7)
+    many = rng.integers(0, 4, size=(40, 30)).astype(np.float32)  # many ties
+    expected = np.lexsort((np.broadcast_to(np.arange(30), many.shape), -many), axis=1)[:, :7]
+    np.testing.assert_array_equal(top_positions(many, 7)[0], expected)
+    assert top_positions(many, 50)[0][:, 30:].tolist() == [[-1] * 20] * 40
