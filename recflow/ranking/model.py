@@ -204,9 +204,9 @@ class DCNv2(nn.Module):
         if self.use_history:
             weights = inputs["history_mask"].to(self.item_embedding.weight.dtype)
             weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
-            parts.append(
-                F.embedding_bag(inputs["history"], self.item_embedding.weight, per_sample_weights=weights, mode="sum")
-            )
+            pooled = F.embedding_bag(inputs["history"], self.item_embedding.weight, per_sample_weights=weights, mode="sum")
+            # Histories given once per user (a request's candidates): row i pools history history_rows[i].
+            parts.append(pooled[inputs["history_rows"]] if "history_rows" in inputs else pooled)
         if self.num_fields:
             categories = inputs["categorical"]
             known = (categories != UNKNOWN_INDEX).unsqueeze(2).to(self.field_embedding.weight.dtype)
@@ -546,8 +546,11 @@ def _network_inputs(
         "numeric": torch.from_numpy(numeric),
     }
     if spec.history:
-        history, mask = inputs.get(spec.history)
+        # Each part's own rows: pooled once per user, not once per candidate (DCNv2.embed gathers).
+        (history, mask), rows = inputs.with_rows(spec.history)
         encoded["history"], encoded["history_mask"] = torch.from_numpy(history), torch.from_numpy(mask)
+        if rows is not None:
+            encoded["history_rows"] = torch.from_numpy(rows)
     return encoded
 
 
