@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from recflow.reranking.rerank import RerankConfig, rerank_lists
+from recflow.reranking.rerank import RerankConfig, code_categories, rerank_codes
 from recflow.retrieval.index import exclude_positions, top_positions
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,10 @@ class RecommenderStack:
         self._item_ids = np.array(index.item_ids, dtype=str)  # re-ranking reads ids as a numpy string array
         # Snapshot row of each index position (-1: not in the snapshot), and its category (NaN if not).
         self._snapshot_rows = self.items.index.get_indexer(index.item_ids)
-        self._categories = np.append(self.items[CATEGORY_COLUMN].to_numpy(), np.nan)[self._snapshot_rows]
+        categories = np.append(self.items[CATEGORY_COLUMN].to_numpy(), np.nan)[self._snapshot_rows]
+        # What re-ranking compares, as integers: each position's place in item-id order and its category code.
+        self._item_order = np.unique(self._item_ids, return_inverse=True)[1]
+        self._category_codes, self._category_names = code_categories(categories, len(categories))
         if self.ranker is not None:
             items = items.reset_index(drop=True)
             items = _merged(items, _transform_outputs(items, [t for t in transforms if t.side == ITEM_ENTITY]))
@@ -175,19 +178,30 @@ class RecommenderStack:
                 trace.fallbacks.append("ranker_failure")
         reranking_started = time.perf_counter()
         trace.seconds["ranking"] = reranking_started - ranking_started
-        candidates = {
-            "user_id": np.array(user_ids, dtype=str)[user_rows],
-            "item_id": item_ids,
-            "score": scores,
-            "category": self._categories[positions],
-        }
         if stages is not None:
-            rows = pd.DataFrame({"user_row": user_rows, "retrieval_score": retrieval_scores, **candidates})
+            rows = pd.DataFrame(
+                {
+                    "user_row": user_rows,
+                    "retrieval_score": retrieval_scores,
+                    "user_id": np.array(user_ids, dtype=str)[user_rows],
+                    "item_id": item_ids,
+                    "score": scores,
+                }
+            )
             stages["retrieval"] = _top(rows, "retrieval_score", k)
             stages["ranking"] = _top(rows, "score", k)
+        # One re-ranking per user id: a user given twice gets one list from both rows' candidates.
         # No seen items to pass on: retrieval (ANN or exact) already left every excluded item out.
-        by_user = rerank_lists(candidates, k, config=self.config.rerank)
-        result = [by_user.get(user, []) for user in user_ids]
+        codes: dict[str, int] = {}
+        user_codes = np.array([codes.setdefault(user, len(codes)) for user in user_ids], dtype=np.int64)
+        picked_users, picked_rows, _ = rerank_codes(
+            user_codes[user_rows], len(codes), item_ids, self._item_order[positions], scores,
+            self._category_codes[positions], self._category_names, k, self.config.rerank,
+        )  # fmt: skip
+        lists: list[list[tuple[str, float]]] = [[] for _ in codes]
+        for user, item, score in zip(picked_users.tolist(), item_ids[picked_rows].tolist(), scores[picked_rows].tolist()):
+            lists[user].append((item, score))
+        result = [lists[code] for code in user_codes]
         trace.seconds["reranking"] = time.perf_counter() - reranking_started
         if stages is not None:
             stages["re-ranking"] = {user: [item for item, _ in items] for user, items in zip(user_ids, result)}

@@ -34,9 +34,10 @@ The returned score of each item is its input score (the ranker's), not the
 MMR objective: the order carries the re-ranking.
 
 :func:`rerank_batch` runs the same greedy selection for many users at once
-(numpy over a [users, candidates] matrix, k steps); :func:`rerank_lists` is
-it with the result as per-user lists, :func:`rerank` the one-user call of the
-same code, so all give identical lists.
+(numpy over a [users, candidates] matrix, k steps), :func:`rerank` is the
+one-user call of the same code and :func:`rerank_codes` the same for
+candidates given as integer codes (the recommender stack's), so all give
+identical lists.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _strings(values) -> np.ndarray:
     return np.asarray(values, dtype=object).astype(str)
 
 
-def _category_codes(categories: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+def code_categories(categories: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(codes with -1 for missing, the category names): codes index the sorted names."""
     if categories is None:
         return np.full(n, -1, dtype=np.int64), np.empty(0, dtype=object)
@@ -257,26 +258,6 @@ def rerank_batch(
     )
 
 
-def rerank_lists(
-    candidates: pd.DataFrame | Mapping[str, Sequence],
-    k: int,
-    seen: Mapping[str, Collection[str]] | None = None,
-    config: RerankConfig | None = None,
-    embeddings: np.ndarray | None = None,
-) -> dict[str, list[tuple[str, float]]]:
-    """:func:`rerank_batch` as each user's list ``[(item_id, score), ...]``, best first.
-
-    The same selection, without the long DataFrame (what a request of a few
-    users would mostly spend its re-ranking time building); users with
-    nothing left are absent.
-    """
-    lists: dict[str, list[tuple[str, float]]] = {}
-    users, items, scores, _ = _rerank_batch(candidates, k, seen, config, embeddings)
-    for user, item, score in zip(users.tolist(), items.tolist(), scores.tolist()):
-        lists.setdefault(user, []).append((item, score))
-    return lists
-
-
 def _rerank_batch(
     candidates, k: int, seen, config: RerankConfig | None, embeddings
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -292,21 +273,61 @@ def _rerank_batch(
     ages = _column(candidates, AGE_HOURS, required=False)
     ages = None if ages is None else np.asarray(ages, dtype=np.float64)
 
-    keep = _filters(items, scores, raw_categories, ages, config)
     user_codes, user_names = _codes_in_order(users)
+    keep = None
     if config.exclude_seen and seen and n:
-        keep &= ~_seen_rows(user_codes, user_names, items, seen)
-    rows = _select(
-        user_codes[keep], items[keep], scores[keep],
-        None if raw_categories is None else raw_categories[keep],
+        keep = ~_seen_rows(user_codes, user_names, items, seen)
+    category_codes, category_names = code_categories(raw_categories, n)
+    picked_users, source, ranks = rerank_codes(
+        user_codes, len(user_names), items, np.unique(items, return_inverse=True)[1], scores,
+        category_codes, category_names, k, config, ages=ages, embeddings=embeddings, keep=keep,
+    )  # fmt: skip
+    return user_names[picked_users], items[source], scores[source], ranks
+
+
+def rerank_codes(
+    user_codes: np.ndarray,
+    num_users: int,
+    items: np.ndarray,
+    item_order: np.ndarray,
+    scores: np.ndarray,
+    category_codes: np.ndarray,
+    category_names: np.ndarray,
+    k: int,
+    config: RerankConfig | None = None,
+    *,
+    ages: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rerank_batch`'s selection for candidates whose users, items and categories are integer codes.
+
+    Row i is a candidate of user ``user_codes[i]`` (``0 <= code <
+    num_users``): item ``items[i]`` (its id, read only by the blocked-items
+    rule), whose place in item-id order is ``item_order[i]`` (equal for
+    equal ids: ties go to the smaller id), scored ``scores[i]``, of category
+    ``category_names[category_codes[i]]`` (-1: none). `keep` drops rows
+    before anything else (the seen items). Returns (user code, row, rank)
+    of every pick, users ascending, ranks from 1.
+
+    The strings a caller holds cost more to sort and factorise than the
+    selection itself on a request's few hundred candidates; the recommender
+    stack holds codes for its snapshot already, so it calls this directly,
+    and :func:`rerank_batch` codes its strings and calls it too.
+    """
+    config = _prepare_config(config, embeddings)
+    categories = None
+    if config.blocked_categories:
+        categories = np.append(np.asarray(category_names, dtype=object), None)[category_codes]  # -1 -> None
+    filtered = _filters(items, scores, categories, ages, config)
+    keep = filtered if keep is None else keep & filtered
+    picked_users, picked_rows, ranks = _select(
+        user_codes[keep], item_order[keep], scores[keep], category_codes[keep], category_names,
         None if ages is None else ages[keep],
         None if embeddings is None else np.asarray(embeddings, dtype=np.float64)[keep],
-        len(user_names), k, config,
+        num_users, k, config,
     )  # fmt: skip
-    kept_index = np.flatnonzero(keep)
-    picked_users, picked_rows, ranks = rows
-    source = kept_index[picked_rows]
-    return user_names[picked_users], items[source], scores[source], ranks
+    return picked_users, np.flatnonzero(keep)[picked_rows], ranks
 
 
 def _seen_rows(
@@ -355,18 +376,15 @@ def rerank(
     raw_categories = _column(candidates, CATEGORY, required=False)
     ages = _column(candidates, AGE_HOURS, required=False)
     ages = None if ages is None else np.asarray(ages, dtype=np.float64)
-    keep = _filters(items, scores, raw_categories, ages, config)
+    keep = None
     if config.exclude_seen and seen:
-        keep &= ~np.isin(items, np.asarray(list(seen), dtype=object).astype(str))
-    _, picked_rows, _ = _select(
-        np.zeros(int(keep.sum()), dtype=np.int64), items[keep], scores[keep],
-        None if raw_categories is None else raw_categories[keep],
-        None if ages is None else ages[keep],
-        None if embeddings is None else np.asarray(embeddings, dtype=np.float64)[keep],
-        1, k, config,
+        keep = ~np.isin(items, np.asarray(list(seen), dtype=object).astype(str))
+    category_codes, category_names = code_categories(raw_categories, len(items))
+    _, picked_rows, _ = rerank_codes(
+        np.zeros(len(items), dtype=np.int64), 1, items, np.unique(items, return_inverse=True)[1], scores,
+        category_codes, category_names, k, config, ages=ages, embeddings=embeddings, keep=keep,
     )  # fmt: skip
-    kept_items, kept_scores = items[keep], scores[keep]
-    return [(str(kept_items[i]), float(kept_scores[i])) for i in picked_rows]
+    return [(str(items[i]), float(scores[i])) for i in picked_rows]
 
 
 def _filters(
@@ -385,22 +403,25 @@ def _filters(
 
 def _select(
     user_codes: np.ndarray,
-    items: np.ndarray,
+    item_codes: np.ndarray,
     scores: np.ndarray,
-    categories,
+    codes: np.ndarray,
+    names: np.ndarray,
     ages: np.ndarray | None,
     embeddings: np.ndarray | None,
     num_users: int,
     k: int,
     config: RerankConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user code, row index into the given arrays, rank) of every pick, users ascending, rank ascending."""
-    n = len(items)
+    """(user code, row index into the given arrays, rank) of every pick, users ascending, rank ascending.
+
+    ``item_codes`` number the items in id order; ``codes`` index the category ``names`` (-1: none).
+    """
+    n = len(item_codes)
     empty = np.empty(0, dtype=np.int64)
     if n == 0:
         return empty, empty, empty
     # Sort by (user, item id, score descending); the first row of each (user, item) is its best score.
-    item_codes = np.unique(items, return_inverse=True)[1]  # codes in item id order
     order = np.lexsort((-scores, item_codes, user_codes))
     first = np.ones(n, dtype=bool)
     first[1:] = (user_codes[order][1:] != user_codes[order][:-1]) | (item_codes[order][1:] != item_codes[order][:-1])
@@ -416,7 +437,6 @@ def _select(
     valid = source >= 0
     take = np.where(valid, source, 0)
 
-    codes, names = _category_codes(categories, n)
     padded_scores = np.where(valid, scores[take], -np.inf)
     padded_codes = np.where(valid, codes[take], -1)
     padded_ages = None if ages is None else np.where(valid, ages[take], np.nan)
