@@ -10,7 +10,8 @@ over one kept-alive connection each. Prints one JSON object: per-request
 latencies summarised, throughput, errors by kind (non-200 statuses and
 connection failures both count), and the requests sent in all, warm-up
 included (``sent``: what the server's CPU time is divided by) with this
-client's own CPU milliseconds per request.
+client's own CPU milliseconds per request. ``--latencies`` saves the
+measured latencies too, so that several runs can be pooled.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import aiohttp
 import numpy as np
 
 
-async def _drive(url: str, users: list[str], concurrency: int, seconds: float, warmup: float) -> dict:
+async def _drive(
+    url: str, users: list[str], concurrency: int, seconds: float, warmup: float, latencies_file: str | None = None
+) -> dict:
     next_user = itertools.cycle(users).__next__
     latencies: list[float] = []
     errors: Counter = Counter()
@@ -57,7 +60,9 @@ async def _drive(url: str, users: list[str], concurrency: int, seconds: float, w
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     client_cpu = time.process_time() - cpu_started
-    values = np.asarray(latencies) * 1000.0
+    values = np.asarray(latencies, dtype=np.float64) * 1000.0
+    if latencies_file is not None:
+        np.save(latencies_file, values)
     return {
         "requests": len(latencies),
         "seconds": seconds,
@@ -79,9 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    parser.add_argument("--latencies", help="also save the measured latencies (ms, .npy), to pool several runs")
     args = parser.parse_args(argv)
     users = [line.strip() for line in open(args.users_file) if line.strip()]
-    print(json.dumps(asyncio.run(_drive(args.url, users, args.concurrency, args.seconds, args.warmup))))
+    print(json.dumps(asyncio.run(_drive(args.url, users, args.concurrency, args.seconds, args.warmup, args.latencies))))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """Benchmark: the recommender server against a no-op KServe model, same settings, same load.
 
-    recflow bench serve [--workspace .recflow] [--concurrency 8] [--seconds 20]
+    recflow bench serve [--workspace .recflow] [--concurrency 8] [--seconds 20] [--rounds 4]
 
 Serves the workspace's blessed bundle (training one at demo scale with the
 pipeline first if there is none) with its online feature store, and drives
 it from a separate process on loopback: ``concurrency`` requests in flight,
-V1 bodies for known users in turn, for a fixed time after a warm-up. Then the
+V1 bodies for known users in turn, for a fixed time after a warm-up. The
 same for the floor, a no-op ``kserve.Model`` on the same server settings
-(one worker, the same app, logging and metrics). Prints p50/p99 latency,
+(one worker, the same app, logging and metrics). All the servers run from
+the start, and the load takes turns between them in ``--rounds`` rounds of
+``seconds / rounds`` each, pooled per server: this VM's speed drifts over
+minutes, and one server measured after the other would compare two speeds
+(a floor run while the host was quiet gave 0.36 CPU ms per request, one
+minutes earlier 0.47, against the same recommender). Prints p50/p99 latency,
 throughput and errors for both and the ratios, and the fallbacks the
 recommender counted: answers from a fallback would flatter its figures, so
 they are reported, not hidden. Between the two, the same load on the
@@ -39,6 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +59,20 @@ from serving.process import ServerProcess
 V1_PATH = "/v1/models/recommender:predict"
 # The acceptance bars: recommender / floor.
 BARS = {"p50": 4.0, "p99": 5.0, "throughput": 0.25}
+# Each server's measured seconds are split into this many rounds, the servers taking turns.
+ROUNDS = 4
+# The load generator's warm-up before a server's first round, and before each later one.
+FIRST_WARMUP_SECONDS, WARMUP_SECONDS = 3.0, 1.0
 
 
 def run(
-    workspace: Path, bundle: str | None, concurrency: int, seconds: float, users: int, freshness_trials: int = 50
+    workspace: Path,
+    bundle: str | None,
+    concurrency: int,
+    seconds: float,
+    users: int,
+    freshness_trials: int = 50,
+    rounds: int = ROUNDS,
 ) -> dict:
     workspace = workspace.resolve()
     bundle_dir = Path(bundle) if bundle else _blessed_bundle(workspace)
@@ -67,14 +83,16 @@ def run(
         users_file = tmp / "users.txt"
         users_file.write_text("\n".join(load_users[:users]) + "\n")
         recommender_args = ["--bundle", str(bundle_dir), "--feature-repo", str(repo)]
-        with ServerProcess(recommender_args, tmp / "recommender.log") as server:
-            recommender = _load(server, users_file, concurrency, seconds)
+        with (
+            ServerProcess(recommender_args, tmp / "recommender.log") as server,
+            ServerProcess(["--request-path"], tmp / "request-path.log") as path_server,
+            ServerProcess(["--noop"], tmp / "noop.log") as floor_server,
+        ):
+            servers = {"recommender": server, "request_path": path_server, "floor": floor_server}
+            runs = _interleaved(servers, users_file, concurrency, seconds, rounds, tmp)
             fallbacks, batches = _server_metrics(server.url)
             freshness = _freshness(server.url + V1_PATH, store.get_store(repo), load_users[users:], tmp / "feedback.jsonl")
-        with ServerProcess(["--request-path"], tmp / "request-path.log") as server:
-            request_path = _load(server, users_file, concurrency, seconds)
-        with ServerProcess(["--noop"], tmp / "noop.log") as server:
-            floor = _load(server, users_file, concurrency, seconds)
+    recommender, request_path, floor = runs["recommender"], runs["request_path"], runs["floor"]
     ratios = {
         "p50": recommender["p50_ms"] / floor["p50_ms"],
         "p99": recommender["p99_ms"] / floor["p99_ms"],
@@ -91,6 +109,7 @@ def run(
         "bundle": str(bundle_dir),
         "concurrency": concurrency,
         "seconds": seconds,
+        "rounds": rounds,
         "recommender": recommender,
         "request_path": request_path,
         "floor": floor,
@@ -127,16 +146,63 @@ def known_users(repo: Path, limit: int) -> list[str]:
     return sorted(ids.unique())[:limit]
 
 
-def _load(server: ServerProcess, users_file: Path, concurrency: int, seconds: float) -> dict:
-    """The load generator's figures, with the server's CPU milliseconds per request it sent (warm-up included)."""
+def _interleaved(
+    servers: dict[str, ServerProcess], users_file: Path, concurrency: int, seconds: float, rounds: int, tmp: Path
+) -> dict[str, dict]:
+    """Each server's load figures over ``rounds`` turns of ``seconds / rounds``, pooled.
+
+    This machine's speed drifts by tens of percent over minutes (other
+    tenants of its host), so one server measured after the other compares
+    two different machines; taking turns spreads the drift over all of them.
+    The order rotates every round, so no server always follows the same one.
+    """
+    parts: dict[str, list[dict]] = {name: [] for name in servers}
+    names = list(servers)
+    for turn in range(rounds):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            warmup = FIRST_WARMUP_SECONDS if turn == 0 else WARMUP_SECONDS
+            latencies = tmp / f"{name}-{turn}.npy"
+            parts[name].append(_load(servers[name], users_file, concurrency, seconds / rounds, warmup, latencies))
+    return {name: _pooled(runs) for name, runs in parts.items()}
+
+
+def _pooled(runs: list[dict]) -> dict:
+    """One set of figures from several rounds: latency percentiles over every measured request of all of them."""
+    values = np.concatenate([np.load(run.pop("latencies_file")) for run in runs])
+    sent = sum(run["sent"] for run in runs)
+    seconds = sum(run["seconds"] for run in runs)
+    errors = Counter()
+    for run in runs:
+        errors.update(run["errors_by_kind"])
+    return {
+        "requests": len(values),
+        "seconds": seconds,
+        "rounds": len(runs),
+        "throughput_rps": len(values) / seconds,
+        "p50_ms": float(np.percentile(values, 50)) if len(values) else float("nan"),
+        "p99_ms": float(np.percentile(values, 99)) if len(values) else float("nan"),
+        "mean_ms": float(values.mean()) if len(values) else float("nan"),
+        "errors": sum(errors.values()),
+        "errors_by_kind": dict(errors),
+        "sent": sent,
+        "client_cpu_ms_per_request": sum(run["client_cpu_ms_per_request"] * run["sent"] for run in runs) / sent,
+        "server_cpu_ms_per_request": 1000.0 * sum(run["server_cpu_seconds"] for run in runs) / sent,
+    }
+
+
+def _load(
+    server: ServerProcess, users_file: Path, concurrency: int, seconds: float, warmup: float, latencies: Path
+) -> dict:
+    """The load generator's figures for one round, with the server's CPU seconds over it (warm-up included)."""
     command = [
         sys.executable, "-m", "benchmarks.load", "--url", server.url + V1_PATH, "--users-file", str(users_file),
-        "--concurrency", str(concurrency), "--seconds", str(seconds),
-    ]
+        "--concurrency", str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup),
+        "--latencies", str(latencies),
+    ]  # fmt: skip
     cpu_before = server.cpu_seconds()
     result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-    server_cpu = server.cpu_seconds() - cpu_before
-    result["server_cpu_ms_per_request"] = 1000.0 * server_cpu / result["sent"] if result["sent"] else float("nan")
+    result["server_cpu_seconds"] = server.cpu_seconds() - cpu_before
+    result["latencies_file"] = latencies
     return result
 
 
@@ -206,7 +272,8 @@ def _table(result: dict) -> str:
     rec, path, floor, ratios = result["recommender"], result["request_path"], result["floor"], result["ratios"]
     mark = {True: "ok", False: "FAIL"}
     lines = [
-        f"serving benchmark: concurrency {result['concurrency']}, {result['seconds']:.0f} s per server, V1, loopback",
+        f"serving benchmark: concurrency {result['concurrency']}, {result['seconds']:.0f} s per server in"
+        f" {result['rounds']} rounds taking turns, V1, loopback",
         f"{'':<14}{'recommender':>14}{'request path':>14}{'no-op floor':>14}{'ratio':>9}{'bar':>9}",
         f"{'p50 ms':<14}{rec['p50_ms']:>14.2f}{path['p50_ms']:>14.2f}{floor['p50_ms']:>14.2f}{ratios['p50']:>9.2f}"
         f"{'<= ' + str(BARS['p50']):>9}  {mark[result['passed']['p50']]}",

@@ -271,7 +271,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     with _output_to_stderr():
         result = run(
             Path(args.workspace), args.bundle, concurrency=args.concurrency, seconds=args.seconds, users=args.users,
-            freshness_trials=args.freshness_trials,
+            freshness_trials=args.freshness_trials, rounds=args.rounds,
         )
     return _print_result(result, args.json)
 
@@ -562,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_bench.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
     serve_bench.add_argument("--seconds", type=float, default=20.0, help="measured seconds per server (default: 20)")
     serve_bench.add_argument("--users", type=int, default=2000, help="distinct known users the load cycles through")
+    serve_bench.add_argument("--rounds", type=int, default=4,
+                             help="turns the servers take, each measured seconds / rounds (default: 4)")
     serve_bench.add_argument("--freshness-trials", type=int, default=50, help="users whose pushed click is timed")
     serve_bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     serve_bench.set_defaults(handler=cmd_bench_serve)
