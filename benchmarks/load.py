@@ -64,16 +64,24 @@ async def _drive(
     if latencies_file is not None:
         np.save(latencies_file, values)
     return {
-        "requests": len(latencies),
+        **summary(values, seconds, errors, sent),
+        "client_cpu_ms_per_request": 1000.0 * client_cpu / sent if sent else float("nan"),
+    }
+
+
+def summary(latencies_ms: np.ndarray, seconds: float, errors: Counter, sent: int) -> dict:
+    """The figures of measured requests (latencies in ms): one run's, or several runs' pooled."""
+    measured = len(latencies_ms)
+    return {
+        "requests": measured,
         "seconds": seconds,
-        "throughput_rps": len(latencies) / seconds,
-        "p50_ms": float(np.percentile(values, 50)) if len(values) else float("nan"),
-        "p99_ms": float(np.percentile(values, 99)) if len(values) else float("nan"),
-        "mean_ms": float(values.mean()) if len(values) else float("nan"),
+        "throughput_rps": measured / seconds,
+        "p50_ms": float(np.percentile(latencies_ms, 50)) if measured else float("nan"),
+        "p99_ms": float(np.percentile(latencies_ms, 99)) if measured else float("nan"),
+        "mean_ms": float(latencies_ms.mean()) if measured else float("nan"),
         "errors": sum(errors.values()),
         "errors_by_kind": dict(errors),
         "sent": sent,
-        "client_cpu_ms_per_request": 1000.0 * client_cpu / sent if sent else float("nan"),
     }
 
 

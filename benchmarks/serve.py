@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.load import summary
 from recflow.features import store
 from recflow.pipeline import steps
 from recflow.pipeline.registry import ModelRegistry
@@ -175,16 +176,8 @@ def _pooled(runs: list[dict]) -> dict:
     for run in runs:
         errors.update(run["errors_by_kind"])
     return {
-        "requests": len(values),
-        "seconds": seconds,
+        **summary(values, seconds, errors, sent),
         "rounds": len(runs),
-        "throughput_rps": len(values) / seconds,
-        "p50_ms": float(np.percentile(values, 50)) if len(values) else float("nan"),
-        "p99_ms": float(np.percentile(values, 99)) if len(values) else float("nan"),
-        "mean_ms": float(values.mean()) if len(values) else float("nan"),
-        "errors": sum(errors.values()),
-        "errors_by_kind": dict(errors),
-        "sent": sent,
         "client_cpu_ms_per_request": sum(run["client_cpu_ms_per_request"] * run["sent"] for run in runs) / sent,
         "server_cpu_ms_per_request": 1000.0 * sum(run["server_cpu_seconds"] for run in runs) / sent,
     }
