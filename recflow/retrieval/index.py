@@ -194,6 +194,7 @@ class ItemIndex:
         return positions, scores
 
     def _exact_search(self, queries: np.ndarray, n: int, excluded: list[np.ndarray] | None):
+        """``search_positions`` of the exact kind: every item scored, in blocks of users that bound the memory."""
         block = max(1, EXACT_BLOCK_SCORES // max(len(self.item_ids), 1))
         found = [
             top_positions(exclude_positions(queries[start : start + block] @ self._vectors.T,
@@ -257,7 +258,7 @@ def top_positions(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
     ``(positions, scores)``, both [users, n]; -inf scores (excluded items)
     are never chosen, and rows with fewer than `n` others are padded with
-    -1 and -inf. A partial sort (``argpartition``) finds each row's n-th
+    -1 and -inf. A partial sort (``np.partition``) finds each row's n-th
     best score; every column at least that good is then ordered, so ties
     at the edge go to the smaller column whatever the partition picked.
     """
