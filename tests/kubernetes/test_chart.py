@@ -101,6 +101,8 @@ def test_schema_forbids_unknown_keys_at_every_level():
         ({"inferenceServise": {"name": "typo"}}, "inferenceServise"),  # an unknown top-level key
         ({"redis": {"enabeld": False}}, "enabeld"),  # an unknown nested key
         ({"inferenceService": {"servingConfig": {"max_kk": 5}}}, "max_kk"),
+        ({"inferenceService": {"servingConfig": {"batch_gather_share": 2}}}, "batch_gather_share"),
+        ({"inferenceService": {"servingConfig": {"inject_fault": {"kind": "slow"}}}}, "kind"),
         ({"inferenceService": {"deploymentMode": "RawDeploymentX"}}, "deploymentMode"),
         ({"inferenceService": {"resources": {"requests": {"cpu": 0.5}}}}, "cpu"),  # fractional quantity
     ],
@@ -200,10 +202,11 @@ def test_model_server_runs_the_serving_image_with_the_bundle_and_feature_store(r
 def test_serving_config_values_are_server_settings(rendered):
     schema = json.loads((CHART / "values.schema.json").read_text())
     keys = schema["properties"]["inferenceService"]["properties"]["servingConfig"]["properties"]
-    assert set(keys) <= set(ServingConfig.model_fields), set(keys) - set(ServingConfig.model_fields)
+    assert set(keys) == set(ServingConfig.model_fields), set(keys) ^ set(ServingConfig.model_fields)
     configmap = rendered["external-stores-values.yaml"].one("ConfigMap", "-serving")
     config = ServingConfig.model_validate(yaml.safe_load(configmap["data"]["serving.yaml"]))
     assert config.feature_deadline_ms == 50 and config.max_k == 50
+    assert config.search_threads == 1 and config.batch_gather_share == 0.4
     default = rendered["default-values.yaml"].one("ConfigMap", "-serving")
     assert ServingConfig.model_validate(yaml.safe_load(default["data"]["serving.yaml"])) == ServingConfig()
 
