@@ -117,13 +117,19 @@ def simulated_traffic(state: PlatformState, card: dict, drift_strength: float | 
     return Simulator(config, ground_truth_for(card), state.proxy_url, state.process("feedback").url).in_background()
 
 
+# The p99 check at test scale (see fast_rollout).
+TEST_LATENCY_ALLOWANCE = {"max_p99_ratio": 3.0, "min_p99_increase_ms": 100.0}
+
+
 def fast_rollout(**analysis) -> RolloutConfig:
     """Intervals of 4 s with a few dozen requests per variant: the platform's mechanics, at test speed.
 
-    p99 within 3x of the stable's: a 250 ms delay is far beyond it, the noise
-    of a few dozen requests on two busy cores is not.
+    p99 within 3x of the stable's, or at most 100 ms above it: a 250 ms delay
+    is far beyond both, the noise of a few dozen requests on two busy cores is
+    not (a window's p99 is its slowest request or two; one slow request of a
+    fresh canary once read 71.5 ms against the stable's 19.8).
     """
-    settings = {"steps": [25, 50, 100], "min_requests": 15, "min_impressions": 60, "max_p99_ratio": 3.0, **analysis}
+    settings = {"steps": [25, 50, 100], "min_requests": 15, "min_impressions": 60, **TEST_LATENCY_ALLOWANCE, **analysis}
     return RolloutConfig(analysis=AnalysisConfig(**settings), interval_seconds=4, max_holds_per_step=3)
 
 
@@ -238,7 +244,7 @@ def test_a_better_canary_is_promoted_though_it_scores_differently(workspace, tmp
     serving = home / "serving.yaml"
     serving.write_text(yaml.safe_dump({"request_time": workspace.request_time.isoformat(), "max_k": 50}))
     state = up(home, str(worse), PlatformConfig(serving_config=serving, stop_grace_seconds=10, services=[FEEDBACK_SERVICE]))
-    analysis = AnalysisConfig(steps=[50, 100], min_requests=15, min_impressions=60, max_p99_ratio=3.0)
+    analysis = AnalysisConfig(steps=[50, 100], min_requests=15, min_impressions=60, **TEST_LATENCY_ALLOWANCE)
     try:
         with simulated_traffic(state, workspace.card) as traffic:
             result, _ = rollout(home, workspace.bundle, RolloutConfig(analysis=analysis, interval_seconds=6))
