@@ -33,10 +33,12 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from benchmarks.serve import known_users
+from recflow.features.columns import Columns
 from recflow.features.online import UserFeatureReader
 from recflow.features.store import get_store
 from recflow.features.training_set import on_demand_transforms
@@ -44,7 +46,7 @@ from recflow.recommender.online import load_bundle
 from recflow.recommender.stack import RecommenderStack
 
 
-def time_calls(stack: RecommenderStack, users: pd.DataFrame, k: int, at: pd.Timestamp, rounds: int, calls: int):
+def time_calls(stack: RecommenderStack, users: Columns, k: int, at: pd.Timestamp, rounds: int, calls: int):
     """Milliseconds per call of each round (after two warm-up calls)."""
     for _ in range(2):
         stack.recommend(users, k, {}, at)
@@ -77,11 +79,11 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
     stack = bundle.stack
     batches = [int(size) for size in args.batches.split(",")]
-    users = UserFeatureReader(store, bundle.feature_service).read(known_users(args.feature_repo, max(batches))).frame
+    users = UserFeatureReader(store, bundle.feature_service).read(known_users(args.feature_repo, max(batches))).columns
 
     results = {}
     for size in batches:
-        per_call = time_calls(stack, users.iloc[:size].reset_index(drop=True), args.k, at, args.rounds, args.calls)
+        per_call = time_calls(stack, users.take(np.arange(size)), args.k, at, args.rounds, args.calls)
         results[size] = {"best_ms": min(per_call), "median_ms": statistics.median(per_call)}
     if args.json:
         print(json.dumps({"torch_threads": torch.get_num_threads(), "k": args.k, "batches": results}, indent=2))

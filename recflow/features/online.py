@@ -26,6 +26,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import feast_value_type_to_python_type
 
+from recflow.features.columns import Columns
 from recflow.features.compute import FEEDBACK_SEQ_COLUMN, epoch_seconds, extend_history
 from recflow.features.training_set import entity_feature_refs, fill_missing, service_features
 
@@ -41,7 +42,7 @@ class UserFeatures:
     """Online user features for a list of users, in the order asked."""
 
     # user_id and one column per feature, defaults filled in.
-    frame: pd.DataFrame
+    columns: Columns
     # True where the online store holds at least one row for the user.
     known: np.ndarray
     # Epoch seconds of the newest row read per user; NaN for unknown users.
@@ -99,12 +100,10 @@ class UserFeatureReader:
         absent = any(value is None for values in columns.values() for value in values)
         if absent:
             frame = pd.DataFrame({"user_id": list(user_ids), **{name: columns[name] for name in self.names}})
-            frame = fill_missing(frame, self.types)
+            users = Columns.from_pandas(fill_missing(frame, self.types))
         else:
-            frame = pd.DataFrame(
-                {"user_id": list(user_ids), **{name: _column(columns[name]) for name in self.names}}, copy=False
-            )
-        return UserFeatures(frame, known, np.where(known, newest, np.nan))
+            users = Columns({"user_id": list(user_ids), **{name: _column(columns[name]) for name in self.names}})
+        return UserFeatures(users, known, np.where(known, newest, np.nan))
 
 
 # Value kinds Feast's type map returns as they are (scalars) or as a plain list (their lists):
@@ -124,11 +123,10 @@ def _python_value(value: Value):
 
 
 def _column(values: list) -> np.ndarray | list:
-    """A column of values with none absent, as pandas would infer it from the list.
+    """A column of values with none absent: numbers as the numpy array pandas would infer, anything else a list.
 
-    Numbers become a numpy array here, which pandas takes as it is: inferring
-    the dtype of each list was a third of the cost of a read of 8 users.
-    Anything else (strings, lists, timestamps) stays a list for pandas to infer.
+    The arrays are what :class:`Columns` holds for numbers; inferring them
+    in pandas was a third of the cost of a read of 8 users.
     """
     if values and isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
         array = np.array(values)

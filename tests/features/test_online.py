@@ -122,7 +122,7 @@ def test_the_serving_read_gives_the_frame_of_feasts_public_read(feature_env, onl
         ).to_df()
         expected = fill_missing(public[["user_id", *reader.names]], reader.types)
         read = reader.read(users)
-        pd.testing.assert_frame_equal(read.frame, expected, check_exact=True)
+        pd.testing.assert_frame_equal(read.columns.to_pandas(), expected, check_exact=True)
         assert read.known.tolist() == [user != "no-such-user" for user in users]
 
 

@@ -30,7 +30,7 @@ def test_a_bad_model_bundle_loads_and_ranks_by_noise(workspace, tmp_path):
     store = get_store(workspace.feature_repo)
     good_bundle, bad_bundle = (load_bundle(b, lambda service: on_demand_transforms(store, service)) for b in (workspace.bundle, bad))
     assert bad_bundle.card["version"] == good_bundle.card["version"] + "-bad-model"
-    users = UserFeatureReader(store, good_bundle.feature_service).read(workspace.known_users()[:20]).frame
+    users = UserFeatureReader(store, good_bundle.feature_service).read(workspace.known_users()[:20]).columns
     at = workspace.request_time
     good = good_bundle.stack.recommend(users, 10, {}, at)
     spoiled = bad_bundle.stack.recommend(users, 10, {}, at)

@@ -69,8 +69,8 @@ def test_ranker_failure_serves_the_retrieval_order(setup):
     retrieval_only = RecommenderStack(
         stack.retrieval, stack.index, None, stack.items, stack.config.model_copy(update={"use_ranker": False})
     )
-    seen = dict(zip(features.frame["user_id"], map(set, features.frame["user_recent_item_ids"])))
-    expected = retrieval_only.recommend(features.frame, 10, seen, at)
+    seen = dict(zip(features.columns["user_id"], map(set, features.columns["user_recent_item_ids"])))
+    expected = retrieval_only.recommend(features.columns, 10, seen, at)
     stack.ranker = Broken(stack.ranker)
     degraded, trace = OnlineRecommender(bundle).answer(queries, features, at)
     assert {answer.fallback for answer in degraded} == {"ranker_failure"}
@@ -83,4 +83,4 @@ def test_offline_use_of_the_stack_still_raises(setup):
     bundle, features, _, at = setup
     bundle.stack.ranker = Broken(bundle.stack.ranker)
     with pytest.raises(RuntimeError, match="broken"):
-        bundle.stack.recommend(features.frame, 10, {}, at)
+        bundle.stack.recommend(features.columns, 10, {}, at)
