@@ -26,6 +26,8 @@ from collections import Counter
 import aiohttp
 import numpy as np
 
+from serving.affinity import cpu_list, pin
+
 
 async def _drive(
     url: str, users: list[str], concurrency: int, seconds: float, warmup: float, latencies_file: str | None = None
@@ -93,7 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--latencies", help="also save the measured latencies (ms, .npy), to pool several runs")
+    parser.add_argument("--cpus", type=cpu_list, help="run on these CPUs only, e.g. 1 (default: wherever the OS puts it)")
     args = parser.parse_args(argv)
+    if args.cpus:
+        pin(args.cpus)
     users = [line.strip() for line in open(args.users_file) if line.strip()]
     print(json.dumps(asyncio.run(_drive(args.url, users, args.concurrency, args.seconds, args.warmup, args.latencies))))
 

@@ -23,6 +23,15 @@ For each server it also prints the CPU milliseconds per request of the
 server process and of the load generator (warm-up requests included): the
 server's figure is what bounds its throughput on the core it gets.
 
+Where the processes run: each server on one CPU (``--cpus``, the same for
+all three: by default the first this process may use), the load generator
+on the others. A server's threads (event loop, feature reads, model call)
+hand work to each other for every batch, and on this VM a hand-over to a
+thread on the other core cost the recommender about a sixth of its CPU per
+request while the floor did not notice (:mod:`serving.affinity`); the
+load generator kept off the servers' core cannot take it from them
+either. ``--unpinned`` leaves all of it to the OS scheduler.
+
 Freshness, on the same recommender server after the load: for each of
 ``--freshness-trials`` users, a click on the first item it serves them goes
 through the feedback ingestion (logged, then pushed to the online store
@@ -37,6 +46,7 @@ reach the workspace.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -74,7 +84,10 @@ def run(
     users: int,
     freshness_trials: int = 50,
     rounds: int = ROUNDS,
+    server_cpus: set[int] | None = None,
 ) -> dict:
+    """``server_cpus``: the CPUs every server runs on, the load generator on the rest; None: not pinned."""
+    load_cpus = _load_cpus(server_cpus)
     workspace = workspace.resolve()
     bundle_dir = Path(bundle) if bundle else _blessed_bundle(workspace)
     with tempfile.TemporaryDirectory(prefix="recflow-bench-serve-") as tmp:
@@ -83,14 +96,15 @@ def run(
         load_users = known_users(repo, users + freshness_trials)
         users_file = tmp / "users.txt"
         users_file.write_text("\n".join(load_users[:users]) + "\n")
-        recommender_args = ["--bundle", str(bundle_dir), "--feature-repo", str(repo)]
+        settings = ["--cpus", _cpu_text(server_cpus)] if server_cpus else []  # the same for all three servers
+        recommender_args = ["--bundle", str(bundle_dir), "--feature-repo", str(repo), *settings]
         with (
             ServerProcess(recommender_args, tmp / "recommender.log") as server,
-            ServerProcess(["--request-path"], tmp / "request-path.log") as path_server,
-            ServerProcess(["--noop"], tmp / "noop.log") as floor_server,
+            ServerProcess(["--request-path", *settings], tmp / "request-path.log") as path_server,
+            ServerProcess(["--noop", *settings], tmp / "noop.log") as floor_server,
         ):
             servers = {"recommender": server, "request_path": path_server, "floor": floor_server}
-            runs = _interleaved(servers, users_file, concurrency, seconds, rounds, tmp)
+            runs = _interleaved(servers, users_file, concurrency, seconds, rounds, tmp, load_cpus)
             fallbacks, batches = _server_metrics(server.url)
             freshness = _freshness(server.url + V1_PATH, store.get_store(repo), load_users[users:], tmp / "feedback.jsonl")
     recommender, request_path, floor = runs["recommender"], runs["request_path"], runs["floor"]
@@ -111,6 +125,8 @@ def run(
         "concurrency": concurrency,
         "seconds": seconds,
         "rounds": rounds,
+        "server_cpus": sorted(server_cpus) if server_cpus else None,
+        "load_cpus": sorted(load_cpus) if load_cpus else None,
         "recommender": recommender,
         "request_path": request_path,
         "floor": floor,
@@ -123,6 +139,27 @@ def run(
     }
     result["table"] = _table(result)
     return result
+
+
+def default_server_cpus() -> set[int] | None:
+    """The first CPU this process may use, for the servers; None when there is no other left for the load."""
+    allowed = os.sched_getaffinity(0)
+    return {min(allowed)} if len(allowed) > 1 else None
+
+
+def _load_cpus(server_cpus: set[int] | None) -> set[int] | None:
+    if not server_cpus:
+        return None
+    allowed = os.sched_getaffinity(0)
+    if not server_cpus <= allowed:
+        raise ValueError(f"server CPUs {sorted(server_cpus)} are not among those this process may use: {sorted(allowed)}")
+    if not allowed - server_cpus:
+        raise ValueError(f"server CPUs {sorted(server_cpus)} leave no CPU of {sorted(allowed)} for the load generator")
+    return allowed - server_cpus
+
+
+def _cpu_text(cpus: set[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
 
 
 def _blessed_bundle(workspace: Path) -> Path:
@@ -148,7 +185,13 @@ def known_users(repo: Path, limit: int) -> list[str]:
 
 
 def _interleaved(
-    servers: dict[str, ServerProcess], users_file: Path, concurrency: int, seconds: float, rounds: int, tmp: Path
+    servers: dict[str, ServerProcess],
+    users_file: Path,
+    concurrency: int,
+    seconds: float,
+    rounds: int,
+    tmp: Path,
+    load_cpus: set[int] | None = None,
 ) -> dict[str, dict]:
     """Each server's load figures over ``rounds`` turns of ``seconds / rounds``, pooled.
 
@@ -163,7 +206,9 @@ def _interleaved(
         for name in names[turn % len(names) :] + names[: turn % len(names)]:
             warmup = FIRST_WARMUP_SECONDS if turn == 0 else WARMUP_SECONDS
             latencies = tmp / f"{name}-{turn}.npy"
-            parts[name].append(_load(servers[name], users_file, concurrency, seconds / rounds, warmup, latencies))
+            parts[name].append(
+                _load(servers[name], users_file, concurrency, seconds / rounds, warmup, latencies, load_cpus)
+            )
     return {name: _pooled(runs) for name, runs in parts.items()}
 
 
@@ -184,13 +229,19 @@ def _pooled(runs: list[dict]) -> dict:
 
 
 def _load(
-    server: ServerProcess, users_file: Path, concurrency: int, seconds: float, warmup: float, latencies: Path
+    server: ServerProcess,
+    users_file: Path,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    latencies: Path,
+    cpus: set[int] | None = None,
 ) -> dict:
     """The load generator's figures for one round, with the server's CPU seconds over it (warm-up included)."""
     command = [
         sys.executable, "-m", "benchmarks.load", "--url", server.url + V1_PATH, "--users-file", str(users_file),
         "--concurrency", str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup),
-        "--latencies", str(latencies),
+        "--latencies", str(latencies), *(["--cpus", _cpu_text(cpus)] if cpus else []),
     ]  # fmt: skip
     cpu_before = server.cpu_seconds()
     result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
@@ -266,7 +317,7 @@ def _table(result: dict) -> str:
     mark = {True: "ok", False: "FAIL"}
     lines = [
         f"serving benchmark: concurrency {result['concurrency']}, {result['seconds']:.0f} s per server in"
-        f" {result['rounds']} rounds taking turns, V1, loopback",
+        f" {result['rounds']} rounds taking turns, V1, loopback; {_placement(result)}",
         f"{'':<14}{'recommender':>14}{'request path':>14}{'no-op floor':>14}{'ratio':>9}{'bar':>9}",
         f"{'p50 ms':<14}{rec['p50_ms']:>14.2f}{path['p50_ms']:>14.2f}{floor['p50_ms']:>14.2f}{ratios['p50']:>9.2f}"
         f"{'<= ' + str(BARS['p50']):>9}  {mark[result['passed']['p50']]}",
@@ -289,6 +340,12 @@ def _table(result: dict) -> str:
         f"bundle: {result['bundle']}",
     ]
     return "\n".join(lines)
+
+
+def _placement(result: dict) -> str:
+    if not result["server_cpus"]:
+        return "processes where the OS puts them"
+    return f"servers on CPU {_cpu_text(set(result['server_cpus']))}, load on CPU {_cpu_text(set(result['load_cpus']))}"
 
 
 def _batch_line(batches: dict[str, float], candidates: int) -> str:

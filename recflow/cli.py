@@ -266,12 +266,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from benchmarks.serve import run
+    from benchmarks.serve import default_server_cpus, run
 
     with _output_to_stderr():
         result = run(
             Path(args.workspace), args.bundle, concurrency=args.concurrency, seconds=args.seconds, users=args.users,
             freshness_trials=args.freshness_trials, rounds=args.rounds,
+            server_cpus=None if args.unpinned else args.server_cpus or default_server_cpus(),
         )
     return _print_result(result, args.json)
 
@@ -529,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The KServe model server named 'recommender'; the container runs the same entrypoint.",
     )
     from serving.__main__ import add_arguments as add_serve_arguments
+    from serving.affinity import cpu_list
 
     add_serve_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
@@ -565,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_bench.add_argument("--rounds", type=int, default=4,
                              help="turns the servers take, each measured seconds / rounds (default: 4)")
     serve_bench.add_argument("--freshness-trials", type=int, default=50, help="users whose pushed click is timed")
+    placement = serve_bench.add_mutually_exclusive_group()
+    placement.add_argument("--server-cpus", type=cpu_list,
+                           help="CPUs every server runs on, the load generator on the others (default: the first)")
+    placement.add_argument("--unpinned", action="store_true", help="leave the processes to the OS scheduler")
     serve_bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     serve_bench.set_defaults(handler=cmd_bench_serve)
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from serving.affinity import cpu_list
 from serving.config import ServingConfig
 
 DEFAULT_WORKSPACE = ".recflow"
@@ -42,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve the recommender's request path with fixed answers, no features or stages (a benchmark row)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request (off: metrics carry latencies)")
+    parser.add_argument(
+        "--cpus",
+        type=cpu_list,
+        help="run the server's threads on these CPUs only, e.g. 0 or 0-1 (default: wherever the OS puts them)",
+    )
 
 
 def resolve_bundle(bundle: str | None, workspace: str | Path) -> Path:
@@ -66,6 +72,13 @@ def run(args: argparse.Namespace) -> None:
     # kserve parses the process's command line for its own flags when first
     # imported, and would read ours (--config) as abbreviations of them.
     sys.argv = sys.argv[:1]
+    if args.cpus:
+        from serving.affinity import pin
+
+        try:
+            pin(args.cpus)  # before any thread starts: they inherit it
+        except ValueError as error:
+            raise SystemExit(f"--cpus: {error}") from None
     from serving.model import NoOpModel, RecommenderModel, RequestPathModel
     from serving.server import serve
 
