@@ -27,7 +27,7 @@ Where the processes run: each server on one CPU (``--cpus``, the same for
 all three: by default the first this process may use), the load generator
 on the others. A server's threads (event loop, feature reads, model call)
 hand work to each other for every batch, and on this VM a hand-over to a
-thread on the other core cost the recommender about a sixth of its CPU per
+thread on the other core cost the recommender 14-25% of its CPU per
 request while the floor did not notice (:mod:`serving.affinity`); the
 load generator kept off the servers' core cannot take it from them
 either. ``--unpinned`` leaves all of it to the OS scheduler.
