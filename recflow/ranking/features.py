@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recflow.training.features import ITEM_ID, TIMESTAMP, Vocabulary
+from recflow.training.features import ITEM_ID, TIMESTAMP, Vocabulary, float_values, to_arrow
 
 HISTORY_COLUMN = "user_recent_item_ids"
 CATEGORY_COLUMN = "item_category"
@@ -57,16 +57,6 @@ CROSS_FEATURES = (
     "cross_log_item_age_hours",
     "cross_log_hours_since_last_click",
 )
-
-
-def to_arrow(column: pd.Series | Sequence) -> pa.Array:
-    """One contiguous Arrow array for a pandas column of any backend (NaN -> null)."""
-    if isinstance(column, pd.Series) and isinstance(column.dtype, np.dtype):
-        column = column.to_numpy()  # the same conversion, without Arrow probing the Series' attributes
-    array = pa.array(column, from_pandas=True)
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    return array
 
 
 def to_strings(column: pd.Series | Sequence) -> pa.Array:
@@ -146,24 +136,6 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-def float_values(column: pd.Series | np.ndarray) -> np.ndarray:
-    """float64 values of a numeric/bool column, NaN for nulls, whatever its pandas backend.
-
-    Plain numpy columns take the fast path (a cast, no null handling needed):
-    pandas' ``to_numpy(na_value=...)`` costs more than the rest of a small request.
-    A numpy array (a :class:`~recflow.features.columns.Columns` column) is one.
-    """
-    dtype = column.dtype
-    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
-        return _numpy(column).astype(np.float64, copy=False)
-    if dtype.kind in "biuf":  # nullable or Arrow-backed numbers
-        return column.to_numpy(dtype=np.float64, na_value=np.nan)
-    array = to_arrow(column)
-    if pa.types.is_null(array.type):
-        return np.full(len(array), np.nan)
-    return array.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
-
-
 def epoch_seconds(column: pd.Series | np.ndarray) -> np.ndarray:
     """float64 epoch seconds of a timestamp or numeric (epoch seconds) column; NaN for nulls."""
     dtype = column.dtype
@@ -183,10 +155,6 @@ def epoch_seconds(column: pd.Series | np.ndarray) -> np.ndarray:
         values[ticks.is_null().to_numpy(zero_copy_only=False)] = np.nan
         return values
     return float_values(column)
-
-
-def _numpy(column: pd.Series | np.ndarray) -> np.ndarray:
-    return column if isinstance(column, np.ndarray) else column.to_numpy()
 
 
 def _log_hours(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:

@@ -72,7 +72,6 @@ from recflow.ranking.features import (
     candidate_categories,
     combine_cross_features,
     epoch_seconds,
-    float_values,
 )
 from recflow.training.features import (
     ALL_FEATURES,
@@ -83,6 +82,7 @@ from recflow.training.features import (
     USER_ID,
     FeatureSpec,
     Preprocessor,
+    float_values,
 )
 
 logger = logging.getLogger("recflow.ranking")

@@ -147,8 +147,8 @@ def _column_kind(name: str, column: pd.Series) -> str:
     raise ValueError(f"feature column {name!r} has unsupported dtype {dtype}")
 
 
-def _to_arrow(column: pd.Series) -> pa.Array:
-    """One contiguous Arrow array for a pandas column of any backend (NaN -> null)."""
+def to_arrow(column: pd.Series | np.ndarray | list) -> pa.Array:
+    """One contiguous Arrow array for a pandas column of any backend, or a column's array or list (NaN -> null)."""
     if isinstance(column, pd.Series) and isinstance(column.dtype, np.dtype):
         column = column.to_numpy()  # the same conversion, without Arrow probing the Series' attributes
     array = pa.array(column, from_pandas=True)
@@ -165,7 +165,7 @@ def _as_strings(array: pa.Array) -> pa.Array:
 
 
 def _strings(column: pd.Series) -> pa.Array:
-    return _as_strings(_to_arrow(column))
+    return _as_strings(to_arrow(column))
 
 
 class Vocabulary:
@@ -212,18 +212,27 @@ def _vocabulary(values: pa.Array) -> list[str]:
     return distinct.take(pc.sort_indices(distinct)).to_pylist()
 
 
-def _float_values(column: pd.Series | np.ndarray) -> np.ndarray:
-    """float64 values of a numeric column (a Series, or a :class:`~recflow.features.columns.Columns` array), NaN for nulls."""
-    if isinstance(column, np.ndarray):
-        return column.astype(np.float64)  # object arrays too: None -> NaN
-    if isinstance(column.dtype, np.dtype) and column.dtype.kind in "biuf":
-        return column.to_numpy().astype(np.float64)  # no nulls to fill: a cast, much cheaper
-    return column.to_numpy(dtype=np.float64, na_value=np.nan)
+def float_values(column: pd.Series | np.ndarray) -> np.ndarray:
+    """float64 values of a numeric/bool column, NaN for nulls, whatever its pandas backend.
+
+    Plain numpy columns take the fast path (a cast, no null handling needed):
+    pandas' ``to_numpy(na_value=...)`` costs more than the rest of a small request.
+    A numpy array (a :class:`~recflow.features.columns.Columns` column) is one.
+    """
+    dtype = column.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        return (column if isinstance(column, np.ndarray) else column.to_numpy()).astype(np.float64, copy=False)
+    if dtype.kind in "biuf":  # nullable or Arrow-backed numbers
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    array = to_arrow(column)
+    if pa.types.is_null(array.type):
+        return np.full(len(array), np.nan)
+    return array.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
 def _signed_log1p(column: pd.Series) -> np.ndarray:
     """sign(x)·log1p(|x|): tames heavy-tailed counts and epoch seconds, keeps NaN."""
-    values = _float_values(column)
+    values = float_values(column)
     return np.sign(values) * np.log1p(np.abs(values))
 
 
@@ -376,7 +385,7 @@ class Preprocessor:
         """
         values = np.empty((len(frame), len(names)), dtype=np.float64)
         for j, name in enumerate(names):
-            values[:, j] = _float_values(frame[name])
+            values[:, j] = float_values(frame[name])
         stats = np.array([self.numeric_stats[name] for name in names], dtype=np.float64).reshape(len(names), 2)
         transformed = np.sign(values) * np.log1p(np.abs(values))
         return np.nan_to_num((transformed - stats[:, 0]) / stats[:, 1], nan=0.0).astype(np.float32)
@@ -387,7 +396,7 @@ class Preprocessor:
         Works on the flattened Arrow list: one vocabulary lookup for all items
         of all rows, then a numpy gather of each row's tail.
         """
-        lists = _to_arrow(column)
+        lists = to_arrow(column)
         if pa.types.is_null(lists.type):  # every row null/empty in an object column
             lists = pa.nulls(len(column), pa.list_(pa.large_string()))
         lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)

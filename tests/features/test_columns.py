@@ -41,12 +41,11 @@ def test_columns_of_different_lengths_are_refused():
 
 
 def test_the_encoders_read_columns_as_they_read_the_frame():
-    from recflow.ranking.features import epoch_seconds, float_values
-    from recflow.training.features import _float_values
+    from recflow.ranking.features import epoch_seconds
+    from recflow.training.features import float_values
 
     frame = _frame().assign(at=pd.Timestamp("2026-12-08T10:00:00Z"))
     columns = Columns.from_pandas(frame.assign(at=frame["at"].dt.tz_localize(None)))
     for name in ("user_clicks_7d", "user_ctr_7d"):
         np.testing.assert_array_equal(float_values(columns[name]), float_values(frame[name]))
-        np.testing.assert_array_equal(_float_values(columns[name]), _float_values(frame[name]))
     np.testing.assert_array_equal(epoch_seconds(columns["at"]), epoch_seconds(frame["at"]))
